@@ -1,0 +1,183 @@
+"""The top-down torch ``Dataset`` over a persisted sample index, and its ``DataLoader`` factory.
+
+A *sample index* is a JSON-able dict: ``{"dataset", "image_root", "keypoint_spec", "samples"}``
+where ``samples`` are :class:`~pnfs_pipeline.data.records.PersonRecord` dicts. It is what the
+``prepare`` pipeline persists, so training and evaluation can run without re-reading annotations.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from pnfs_pipeline.config import AugmentationParams, SampleParams
+from pnfs_pipeline.data.targets import gaussian_heatmaps
+from pnfs_pipeline.data.transforms import (
+    CropParams,
+    affine_points,
+    crop_affine,
+    flip_keypoints,
+    sample_augmentation,
+    warp_image,
+)
+from pnfs_pipeline.keypoints import KeypointSpec, keypoint_spec_from_dict
+
+logger = logging.getLogger(__name__)
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+class ImageReadError(OSError):
+    """An image named by the sample index cannot be read; the message names the file."""
+
+
+def read_rgb_image(path: Path) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ImageReadError(f"{path}: image missing or corrupt")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def normalize_image(image: np.ndarray) -> torch.Tensor:
+    """``(H, W, 3)`` uint8 RGB -> ``(3, H, W)`` float tensor with ImageNet statistics."""
+    scaled = (image.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+    return torch.from_numpy(np.ascontiguousarray(scaled.transpose(2, 0, 1)))
+
+
+def denormalize_image(tensor: torch.Tensor) -> np.ndarray:
+    """Inverse of :func:`normalize_image`, for figures."""
+    image = tensor.detach().cpu().float().numpy().transpose(1, 2, 0) * IMAGENET_STD + IMAGENET_MEAN
+    return (np.clip(image, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+
+
+class TopDownDataset(Dataset):
+    """Person crops with Gaussian heatmap targets.
+
+    Randomness is drawn from a generator seeded by ``(seed, epoch, index)``, so a sample's
+    augmentation does not depend on worker count, worker order or what was drawn before it.
+    """
+
+    def __init__(
+        self,
+        index: dict[str, Any],
+        sample: SampleParams,
+        augmentation: AugmentationParams | None = None,
+        seed: int = 0,
+        image_root: str | Path | None = None,
+    ) -> None:
+        self.samples = index["samples"]
+        self.image_root = Path(image_root if image_root is not None else index["image_root"])
+        self.spec: KeypointSpec = keypoint_spec_from_dict(index["keypoint_spec"], source="sample index")
+        self.sample = sample
+        self.augmentation = augmentation if augmentation is not None and augmentation.enabled else None
+        self.seed = seed
+        self.epoch = 0
+        self._flip_permutation = self.spec.flip_permutation()
+        self._joint_weights = np.asarray(self.spec.joint_weights) if sample.use_joint_weights else None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def crop_params(self, idx: int, keypoints: np.ndarray, image_width: int) -> CropParams:
+        record = self.samples[idx]
+        center, size = np.asarray(record["center"]), np.asarray(record["size"])
+        if self.augmentation is None:
+            return CropParams(center=center, size=size, rotation=0.0, flipped=False)
+        rng = np.random.default_rng([self.seed, self.epoch, idx])
+        crop = sample_augmentation(
+            keypoints,
+            center,
+            size,
+            self.augmentation,
+            self.spec.upper_body,
+            self.spec.lower_body,
+            self.sample.aspect_ratio,
+            rng,
+        )
+        if crop.flipped:
+            mirrored = crop.center.copy()
+            mirrored[0] = image_width - 1 - mirrored[0]
+            crop = CropParams(mirrored, crop.size, crop.rotation, True)
+        return crop
+
+    def __getitem__(self, idx: int) -> dict[str, Any]:
+        record = self.samples[idx]
+        image = read_rgb_image(self.image_root / record["image"])
+        original_keypoints = np.asarray(record["keypoints"], dtype=np.float64)
+        keypoints = original_keypoints
+        crop = self.crop_params(idx, keypoints, image.shape[1])
+        if crop.flipped:
+            image = image[:, ::-1]
+            keypoints = flip_keypoints(keypoints, image.shape[1], self._flip_permutation)
+        matrix = crop_affine(crop.center, crop.size, crop.rotation, self.sample.input_size)
+        crop_image = warp_image(np.ascontiguousarray(image), matrix, self.sample.input_size)
+
+        stride = self.sample.input_size[0] / self.sample.heatmap_size[0]
+        input_keypoints = keypoints.copy()
+        input_keypoints[:, :2] = affine_points(keypoints[:, :2], matrix)
+        heatmaps, target_weight = gaussian_heatmaps(
+            input_keypoints / np.array([stride, stride, 1.0]),
+            self.sample.heatmap_size,
+            self.sample.sigma,
+            self._joint_weights,
+        )
+        return {
+            "image": normalize_image(crop_image),
+            "heatmaps": torch.from_numpy(heatmaps),
+            "target_weight": torch.from_numpy(target_weight),
+            "keypoints": torch.from_numpy(original_keypoints.astype(np.float32)),
+            "input_keypoints": torch.from_numpy(input_keypoints.astype(np.float32)),
+            "center": torch.tensor(crop.center, dtype=torch.float32),
+            "size": torch.tensor(crop.size, dtype=torch.float32),
+            "rotation": torch.tensor(crop.rotation, dtype=torch.float32),
+            "flipped": torch.tensor(crop.flipped),
+            "score": torch.tensor(float(record["score"]), dtype=torch.float32),
+            "area": torch.tensor(float(record["area"]), dtype=torch.float32),
+            "image_id": torch.tensor(int(record["image_id"])),
+            "index": torch.tensor(idx),
+        }
+
+
+def _seed_worker(worker_id: int) -> None:
+    # Each worker gets a distinct, reproducible numpy/random state derived from the loader's seed.
+    import random
+
+    worker_seed = torch.initial_seed() % 2**32
+    np.random.seed(worker_seed)
+    random.seed(worker_seed)
+
+
+def make_data_loader(
+    dataset: Dataset,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    num_workers: int = 0,
+    drop_last: bool = False,
+    sampler: torch.utils.data.Sampler | None = None,
+) -> DataLoader:
+    """A reproducible ``DataLoader``: shuffling and worker seeds derive from ``seed``."""
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle if sampler is None else False,
+        sampler=sampler,
+        num_workers=num_workers,
+        drop_last=drop_last,
+        worker_init_fn=_seed_worker,
+        generator=generator,
+        persistent_workers=num_workers > 0,
+        pin_memory=torch.cuda.is_available(),
+    )

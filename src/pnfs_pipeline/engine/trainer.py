@@ -1,0 +1,361 @@
+"""One training loop for supernet search and for retraining a derived network.
+
+Checkpoints go to ``checkpoint_path`` after every epoch (atomically), so ``resume=True`` continues
+a killed run; a non-finite loss stops the run with the epoch and step, leaving the last good
+checkpoint in place.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import nn
+from torch.utils.data import Dataset, Subset
+
+from pnfs_pipeline.data.dataset import make_data_loader
+from pnfs_pipeline.engine.checkpoint import (
+    load_checkpoint,
+    restore_rng_state,
+    rng_state,
+    save_checkpoint,
+)
+from pnfs_pipeline.engine.loss import joints_mse_loss
+from pnfs_pipeline.nas.strategies import SearchStrategy
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the message names epoch and step."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 4
+    batch_size: int = 16
+    optimizer: str = "adam"  # adam | sgd
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    scheduler: str = "multistep"  # multistep | cosine
+    lr_steps: tuple[int, ...] = ()
+    lr_factor: float = 0.25
+    lr_min: float = 5e-5
+    num_workers: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "fp32"  # fp32 | bf16
+    channels_last: bool = False
+    seed: int = 0
+    max_steps_per_epoch: int | None = None
+    val_max_batches: int | None = None
+
+    def __post_init__(self) -> None:
+        checks = {
+            "optimizer": (self.optimizer, ("adam", "sgd")),
+            "scheduler": (self.scheduler, ("multistep", "cosine")),
+            "device": (self.device, ("auto", "cpu", "cuda")),
+            "precision": (self.precision, ("fp32", "bf16")),
+        }
+        for name, (value, valid) in checks.items():
+            if value not in valid:
+                raise ValueError(f"{name} must be one of {list(valid)}, got {value!r}")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError("epochs, batch_size and lr must be positive")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was asked for but no CUDA device is available")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def split_for_bilevel(dataset: Dataset, train_share: int, arch_share: int) -> tuple[Subset, Subset]:
+    """The first train_share/(train_share+arch_share) of the samples train weights, the rest alphas."""
+    cut = len(dataset) * train_share // (train_share + arch_share)
+    if cut == 0 or cut == len(dataset):
+        raise ValueError(f"a {train_share}:{arch_share} split of {len(dataset)} samples leaves one side empty")
+    return Subset(dataset, range(cut)), Subset(dataset, range(cut, len(dataset)))
+
+
+def _set_epoch(dataset: Dataset, epoch: int) -> None:
+    base = dataset.dataset if isinstance(dataset, Subset) else dataset
+    if hasattr(base, "set_epoch"):
+        base.set_epoch(epoch)
+
+
+def _to_device(batch: dict[str, torch.Tensor], device: torch.device, channels_last: bool) -> dict[str, torch.Tensor]:
+    moved = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    if channels_last:
+        moved["image"] = moved["image"].contiguous(memory_format=torch.channels_last)
+    return moved
+
+
+@dataclass
+class TrainResult:
+    history: list[dict[str, Any]] = field(default_factory=list)
+    final_state: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Trainer:
+    """Trains ``model`` on top-down samples; a ``strategy`` makes it a supernet search."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_dataset: Dataset,
+        val_dataset: Dataset,
+        config: TrainConfig,
+        strategy_factory: Callable[[nn.Module, int], SearchStrategy] | None = None,
+        checkpoint_path: str | Path | None = None,
+        run_config: dict[str, Any] | None = None,
+        on_epoch_end: Callable[[int, dict[str, Any], nn.Module], None] | None = None,
+        loss_fn: Callable = joints_mse_loss,
+    ) -> None:
+        self.config = config
+        self.device = resolve_device(config.device)
+        torch.manual_seed(config.seed)
+        self.model = model.to(self.device)
+        if config.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.strategy = strategy_factory(self.model, config.epochs) if strategy_factory else None
+        self.train_dataset, self.val_dataset = train_dataset, val_dataset
+        self.arch_dataset = None
+        if self.strategy is not None and self.strategy.config.bilevel:
+            self.train_dataset, self.arch_dataset = split_for_bilevel(
+                train_dataset, self.strategy.config.split_for_train, self.strategy.config.split_for_arch
+            )
+        self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
+        self.run_config = run_config or {}
+        self.on_epoch_end = on_epoch_end
+        self.loss_fn = loss_fn
+        self.optimizer = self._make_optimizer()
+        self.scheduler = self._make_scheduler()
+        self.start_epoch = 0
+        self.history: list[dict[str, Any]] = []
+
+    # ---- construction ----------------------------------------------------------------------
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        c = self.config
+        if self.strategy is not None:
+            groups = self.strategy.weight_optimizer_groups(c.lr, c.weight_decay)
+        else:
+            groups = [{"params": [p for p in self.model.parameters() if p.requires_grad], "name": "weights"}]
+        if c.optimizer == "adam":
+            return torch.optim.Adam(groups, lr=c.lr, weight_decay=c.weight_decay)
+        return torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+
+    def _make_scheduler(self) -> torch.optim.lr_scheduler.LRScheduler:
+        c = self.config
+        if c.scheduler == "cosine":
+            return torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=c.epochs, eta_min=c.lr_min)
+        return torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=list(c.lr_steps), gamma=c.lr_factor)
+
+    def _autocast(self):
+        if self.config.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    # ---- checkpoints -----------------------------------------------------------------------
+    def state_dict(self, epoch: int) -> dict[str, Any]:
+        state = {
+            "epoch": epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "history": self.history,
+            "rng": rng_state(),
+            "config": {"train": asdict(self.config), **self.run_config},
+        }
+        if self.strategy is not None:
+            state["strategy"] = {
+                "name": self.strategy.config.name,
+                "generator": self.strategy.generator.get_state(),
+                "arch_optimizer": self.strategy.arch_optimizer.state_dict() if self.strategy.arch_optimizer else None,
+            }
+            state["architecture"] = architecture_parameters(self.model)
+        return state
+
+    def resume_from(self, path: str | Path) -> None:
+        state = load_checkpoint(path, map_location=self.device)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.history = list(state["history"])
+        self.start_epoch = int(state["epoch"]) + 1
+        if self.strategy is not None and "strategy" in state:
+            self.strategy.generator.set_state(state["strategy"]["generator"])
+            if self.strategy.arch_optimizer is not None and state["strategy"]["arch_optimizer"]:
+                self.strategy.arch_optimizer.load_state_dict(state["strategy"]["arch_optimizer"])
+        restore_rng_state(state["rng"])
+        logger.info("resumed from %s after epoch %d", path, self.start_epoch - 1)
+
+    # ---- the loop --------------------------------------------------------------------------
+    def _forward_loss(self, batch: dict[str, torch.Tensor], training: bool) -> torch.Tensor:
+        weights = self.strategy.forward_weights(training) if self.strategy is not None else None
+        with self._autocast():
+            output = self.model(batch["image"], weights) if weights is not None else self.model(batch["image"])
+        return self.loss_fn(output.float(), batch)
+
+    def _loader(self, dataset: Dataset, epoch: int, shuffle: bool, batch_size: int):
+        return make_data_loader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            seed=self.config.seed * 100_003 + epoch,
+            num_workers=self.config.num_workers,
+            drop_last=shuffle and len(dataset) > batch_size,
+        )
+
+    def train_epoch(self, epoch: int, progress: Progress) -> dict[str, float]:
+        c = self.config
+        self.model.train()
+        _set_epoch(self.train_dataset, epoch)
+        loader = self._loader(self.train_dataset, epoch, True, c.batch_size)
+        arch_iter = None
+        if self.arch_dataset is not None:
+            share = self.strategy.config
+            arch_batch_size = max(1, c.batch_size * share.split_for_arch // share.split_for_train)
+            arch_loader = self._loader(self.arch_dataset, epoch + 7919, True, arch_batch_size)
+            arch_iter = _cycle(arch_loader)
+        steps = len(loader) if c.max_steps_per_epoch is None else min(len(loader), c.max_steps_per_epoch)
+        task = progress.add_task(f"epoch {epoch + 1}/{c.epochs}", total=steps, loss=math.nan, speed=0.0)
+        total_loss, total_arch, arch_steps, images, start = 0.0, 0.0, 0, 0, time.perf_counter()
+        for step, batch in enumerate(loader):
+            if step >= steps:
+                break
+            batch = _to_device(batch, self.device, c.channels_last)
+            if arch_iter is not None:
+                arch_batch = _to_device(next(arch_iter), self.device, c.channels_last)
+                arch_loss = self.strategy.arch_step(
+                    arch_batch, batch, self.loss_fn, self.optimizer.param_groups[0]["lr"]
+                )
+                if arch_loss is not None:
+                    total_arch += arch_loss
+                    arch_steps += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self._forward_loss(batch, training=True)
+            if not torch.isfinite(loss):
+                where = f"last good checkpoint: {self.checkpoint_path}" if self.checkpoint_path else "no checkpoint"
+                raise NonFiniteLossError(
+                    f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step + 1}; {where}"
+                )
+            loss.backward()
+            self.optimizer.step()
+            total_loss += loss.item()
+            images += batch["image"].shape[0]
+            speed = images / max(time.perf_counter() - start, 1e-9)
+            progress.update(task, advance=1, loss=total_loss / (step + 1), speed=speed)
+        progress.remove_task(task)
+        elapsed = time.perf_counter() - start
+        metrics = {
+            "train_loss": total_loss / max(steps, 1),
+            "images_per_second": images / max(elapsed, 1e-9),
+            "epoch_seconds": elapsed,
+            "lr": self.optimizer.param_groups[0]["lr"],
+        }
+        if arch_steps:
+            metrics["arch_loss"] = total_arch / arch_steps
+        return metrics
+
+    @torch.no_grad()
+    def validation_loss(self, weights=None, max_batches: int | None = None) -> float:
+        self.model.eval()
+        loader = self._loader(self.val_dataset, 0, False, self.config.batch_size)
+        total, count = 0.0, 0
+        limit = max_batches if max_batches is not None else self.config.val_max_batches
+        for step, batch in enumerate(loader):
+            if limit is not None and step >= limit:
+                break
+            batch = _to_device(batch, self.device, self.config.channels_last)
+            with self._autocast():
+                output = self.model(batch["image"], weights) if weights is not None else self.model(batch["image"])
+            total += self.loss_fn(output.float(), batch).item() * batch["image"].shape[0]
+            count += batch["image"].shape[0]
+        self.model.train()
+        return total / max(count, 1)
+
+    def fit(self, resume: bool = False) -> TrainResult:
+        if resume:
+            if self.checkpoint_path is not None and self.checkpoint_path.is_file():
+                self.resume_from(self.checkpoint_path)
+            else:
+                logger.warning("resume asked for, but no checkpoint at %s: starting afresh", self.checkpoint_path)
+        progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.6f}"),
+            TextColumn("{task.fields[speed]:.1f} img/s"),
+            TimeRemainingColumn(),
+            transient=True,
+        )
+        with progress:
+            for epoch in range(self.start_epoch, self.config.epochs):
+                if self.strategy is not None:
+                    self.strategy.epoch = epoch
+                metrics = self.train_epoch(epoch, progress)
+                metrics["val_loss"] = self.validation_loss()
+                metrics["epoch"] = epoch + 1
+                if self.strategy is not None:
+                    metrics["architecture"] = architecture_softmax(self.model)
+                self.scheduler.step()
+                self.history.append(metrics)
+                logger.info(
+                    "epoch %d/%d: train loss %.6f, val loss %.6f, %.1f img/s, %.1f s",
+                    epoch + 1,
+                    self.config.epochs,
+                    metrics["train_loss"],
+                    metrics["val_loss"],
+                    metrics["images_per_second"],
+                    metrics["epoch_seconds"],
+                )
+                if self.checkpoint_path is not None:
+                    save_checkpoint(self.state_dict(epoch), self.checkpoint_path)
+                if self.on_epoch_end is not None:
+                    self.on_epoch_end(epoch, metrics, self.model)
+        extra = {}
+        if self.strategy is not None:
+            final = self.strategy.finalize(lambda w: self.validation_loss(w))
+            if final:
+                extra["finalize"] = final
+        return TrainResult(self.history, self.state_dict(self.config.epochs - 1), extra)
+
+
+def _cycle(loader):
+    while True:
+        yield from loader
+
+
+def architecture_parameters(model: nn.Module) -> dict[str, Any]:
+    """Raw alphas and betas per part, as tensors (for checkpoints)."""
+    if not hasattr(model, "arch_alphas"):
+        return {}
+    return {
+        name: {"alpha": alpha.detach().cpu().clone(), "beta": beta.detach().cpu().clone()}
+        for name, alpha, beta in zip(model.part_names, model.arch_alphas, model.arch_betas, strict=True)
+    }
+
+
+def architecture_softmax(model: nn.Module) -> dict[str, Any]:
+    """Softmax alphas and betas per part, as nested lists (for history, YAML and figures)."""
+    if not hasattr(model, "arch_alphas"):
+        return {}
+    return {
+        name: {
+            "alpha": torch.softmax(alpha.detach().float(), -1).cpu().tolist(),
+            "beta": torch.softmax(beta.detach().float(), -1).cpu().tolist(),
+        }
+        for name, alpha, beta in zip(model.part_names, model.arch_alphas, model.arch_betas, strict=True)
+    }

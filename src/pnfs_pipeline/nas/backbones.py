@@ -1,0 +1,198 @@
+"""Multi-scale backbones: four feature maps at strides 4, 8, 16 and 32.
+
+Built from a name plus keyword arguments. Pretrained weights come only from a local file path
+(no downloads here); the file may hold the backbone's own state dict or the original ImageNet
+checkpoint of the same architecture, loaded non-strictly with a report of what did not match.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from pnfs_pipeline.nas.cell import NUM_SLOTS
+from pnfs_pipeline.nas.fabric import CellFabric
+from pnfs_pipeline.nas.ops import canonical_op_names
+
+logger = logging.getLogger(__name__)
+
+
+class Backbone(nn.Module):
+    """Base class: ``forward`` returns ``[f4, f8, f16, f32]``; ``channels`` lists their widths."""
+
+    channels: list[int]
+
+
+class TimmFeatures(Backbone):
+    """A timm model with ``features_only=True`` at strides 4..32."""
+
+    def __init__(self, model_name: str) -> None:
+        super().__init__()
+        self.body = timm.create_model(
+            model_name, pretrained=False, features_only=True, out_indices=(1, 2, 3, 4)
+        )
+        self.channels = list(self.body.feature_info.channels())
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return list(self.body(x))
+
+
+class HRNetStage3(Backbone):
+    """HRNet-W32 from the stem to stage 3, plus the stride-32 branch of transition 3 (as PNFS).
+
+    Stage 4 and the classification heads are removed, so they cost neither parameters nor time.
+    """
+
+    def __init__(self, model_name: str = "hrnet_w32") -> None:
+        super().__init__()
+        net = timm.create_model(model_name, pretrained=False)
+        for unused in ("stage4", "incre_modules", "downsamp_modules", "final_layer", "classifier"):
+            if hasattr(net, unused):
+                setattr(net, unused, None)
+        self.net = net
+        with torch.no_grad():
+            self.channels = [f.shape[1] for f in self.forward(torch.zeros(1, 3, 64, 64))]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        net = self.net
+        x = net.act1(net.bn1(net.conv1(x)))
+        x = net.act2(net.bn2(net.conv2(x)))
+        x = net.layer1(x)
+        branches = [t(x) for t in net.transition1]
+        branches = net.stage2(branches)
+        branches = [
+            branches[i] if isinstance(t, nn.Identity) else t(branches[-1])
+            for i, t in enumerate(net.transition2)
+        ]
+        branches = net.stage3(branches)
+        return [
+            branches[i] if isinstance(t, nn.Identity) else t(branches[-1])
+            for i, t in enumerate(net.transition3)
+        ]
+
+
+class TinyConvNet(Backbone):
+    """A small plain conv net for fast experiments and tests (not in the paper)."""
+
+    def __init__(self, width: int = 16) -> None:
+        super().__init__()
+        self.channels = [width, width * 2, width * 4, width * 8]
+
+        def block(cin: int, cout: int, stride: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+            )
+
+        self.stem = nn.Sequential(block(3, width, 2), block(width, width, 2))
+        self.stages = nn.ModuleList(
+            block(self.channels[i - 1], self.channels[i], 2) for i in range(1, 4)
+        )
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        features = [self.stem(x)]
+        for stage in self.stages:
+            features.append(stage(features[-1]))
+        return features
+
+
+class FabricBackbone(Backbone):
+    """The original's searchable fabric backbone: a stem and the first layers of a fabric.
+
+    Its architecture parameters are its own (shared alphas, per-cell betas) and are searched
+    with the heads' when the search strategy trains architecture parameters.
+    """
+
+    def __init__(
+        self,
+        factor: int = 10,
+        reserve_layers: int = 4,
+        depth: int = 12,
+        operators: tuple[str, ...] = (
+            "zero", "skip_connect", "sep_conv_3x3", "atr_conv_3x3", "avg_pool_3x3", "max_pool_3x3"
+        ),
+        hidden_states: int = 1,
+        input_nodes: int = 1,
+        size_types: tuple[int, ...] = (4, 8, 16, 32),
+    ) -> None:
+        super().__init__()
+        fabric_channels = [s * factor for s in size_types]
+        # Stem as the original: no ReLU after the first BN.
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 64, 3, 2, 1, bias=False),
+            nn.BatchNorm2d(64),
+            nn.Conv2d(64, 64, 3, 2, 1, bias=False),
+            nn.BatchNorm2d(64),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(64, fabric_channels[0], 1, bias=False),
+        )
+        # The full fabric's first `reserve_layers` layers: a fabric of that depth would narrow at
+        # its end, so build it deeper and keep only the cells of the reserved layers.
+        self.fabric = CellFabric(
+            fabric_channels, depth, 0, canonical_op_names(operators), hidden_states, input_nodes, 1
+        )
+        keep = [p for p in self.fabric.positions if p.layer < reserve_layers]
+        for position in self.fabric.positions[len(keep) :]:
+            del self.fabric.cells[position.name]
+        self.fabric.positions = keep
+        self.reserve_layers = reserve_layers
+        self.channels = fabric_channels[: self.fabric.layer_sizes[reserve_layers - 1]]
+        if len(self.channels) != 4:
+            raise ValueError("the fabric backbone must end on a layer with 4 scales (reserve_layers >= 3)")
+        self.alphas = nn.Parameter(torch.zeros(self.fabric.num_edges, self.fabric.num_ops))
+        self.betas = nn.Parameter(torch.zeros(len(keep), NUM_SLOTS))
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        alpha = torch.softmax(self.alphas, dim=-1).expand(self.fabric.num_cells, -1, -1)
+        beta = torch.softmax(self.betas, dim=-1)
+        return self.fabric([self.stem(x)], alpha, beta, last_layer=True)
+
+
+BACKBONES = {
+    "mobilenet_v2": lambda **kw: TimmFeatures("mobilenetv2_100", **kw),
+    "resnet50": lambda **kw: TimmFeatures("resnet50", **kw),
+    "hrnet_w32": lambda **kw: HRNetStage3("hrnet_w32", **kw),
+    "fabric": lambda **kw: FabricBackbone(**kw),
+    "tiny": lambda **kw: TinyConvNet(**kw),
+}
+BACKBONE_ALIASES = {"mobilenetv2": "mobilenet_v2", "resnet": "resnet50", "hrnet": "hrnet_w32", "meta_arch": "fabric"}
+
+
+def build_backbone(
+    name: str, pretrained_path: str | None = None, frozen: bool = False, **kwargs
+) -> Backbone:
+    key = BACKBONE_ALIASES.get(name.lower(), name.lower())
+    if key not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; valid backbones: {sorted(BACKBONES)}")
+    backbone = BACKBONES[key](**kwargs)
+    if pretrained_path:
+        load_pretrained(backbone, pretrained_path)
+    if frozen:
+        for parameter in backbone.parameters():
+            parameter.requires_grad_(False)
+    return backbone
+
+
+def load_pretrained(backbone: nn.Module, path: str | Path) -> None:
+    """Load local weights non-strictly; fail when nothing at all matches (the wrong file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained backbone weights {path} not found (no downloads here)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    own = backbone.state_dict()
+    own_by_suffix = {k.split(".", 1)[-1]: k for k in own}
+    matched = {}
+    for key, tensor in state.items():
+        target = key if key in own else own_by_suffix.get(key)
+        if target is not None and own[target].shape == tensor.shape:
+            matched[target] = tensor
+    if not matched:
+        raise ValueError(f"{path}: no tensor matches the backbone's parameters (wrong file or architecture?)")
+    backbone.load_state_dict(matched, strict=False)
+    logger.info("loaded %d/%d backbone tensors from %s", len(matched), len(own), path)

@@ -1,0 +1,158 @@
+"""Candidate operators of the PNFS cell and the connections between fabric scales.
+
+Layer sequences follow the original PNFS operators (Conv-BN-ReLU order, non-affine BatchNorm
+inside searched ops) so parameter and compute figures are comparable with the paper's. Every op
+keeps the shape ``(N, C, H, W)``; names are lower-case, and the original configuration names
+(``Sep_Conv_3x3``, ``Zero`` ...) are accepted as aliases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Zero(nn.Module):
+    """The 'no connection' op. Mixed ops skip it: its output is known to be exactly zero."""
+
+    is_zero = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(x)
+
+
+def _separable(channels: int, kernel: int, dilation: int) -> list[nn.Module]:
+    padding = dilation * (kernel - 1) // 2
+    return [
+        nn.Conv2d(channels, channels, kernel, 1, padding, dilation=dilation, groups=channels, bias=False),
+        nn.Conv2d(channels, channels, 1, bias=False),
+        nn.BatchNorm2d(channels, affine=False),
+        nn.ReLU(inplace=False),
+    ]
+
+
+def sep_conv(channels: int, kernel: int) -> nn.Module:
+    """Two depthwise-separable convolutions, each followed by non-affine BN and ReLU."""
+    return nn.Sequential(*_separable(channels, kernel, 1), *_separable(channels, kernel, 1))
+
+
+def atrous_conv(channels: int, kernel: int) -> nn.Module:
+    """One dilated (rate 2) depthwise-separable convolution, non-affine BN, ReLU."""
+    return nn.Sequential(*_separable(channels, kernel, 2))
+
+
+def pool(channels: int, kind: str) -> nn.Module:
+    layer = (
+        nn.AvgPool2d(3, 1, 1, count_include_pad=False) if kind == "avg" else nn.MaxPool2d(3, 1, 1)
+    )
+    return nn.Sequential(layer, nn.BatchNorm2d(channels, affine=False))
+
+
+def basic_block(channels: int) -> nn.Module:
+    """Two 3x3 conv + BN (ReLU between), as the original ``Basic_Conv_3x3`` (no residual)."""
+    return nn.Sequential(
+        nn.Conv2d(channels, channels, 3, 1, 1, bias=False),
+        nn.BatchNorm2d(channels),
+        nn.ReLU(inplace=False),
+        nn.Conv2d(channels, channels, 3, 1, 1, bias=False),
+        nn.BatchNorm2d(channels),
+    )
+
+
+def bottleneck_block(channels: int) -> nn.Module:
+    """Three 3x3 conv + BN with a final ReLU, as the original ``Bottle_Conv_3x3``."""
+    return nn.Sequential(
+        nn.Conv2d(channels, channels, 3, 1, 1, bias=False),
+        nn.BatchNorm2d(channels),
+        nn.Conv2d(channels, channels, 3, 1, 1, bias=False),
+        nn.BatchNorm2d(channels),
+        nn.Conv2d(channels, channels, 3, 1, 1, bias=False),
+        nn.BatchNorm2d(channels),
+        nn.ReLU(inplace=False),
+    )
+
+
+OPS: dict[str, Callable[[int], nn.Module]] = {
+    "zero": lambda c: Zero(),
+    "skip_connect": lambda c: nn.Identity(),
+    "sep_conv_3x3": lambda c: sep_conv(c, 3),
+    "sep_conv_5x5": lambda c: sep_conv(c, 5),
+    "atr_conv_3x3": lambda c: atrous_conv(c, 3),
+    "atr_conv_5x5": lambda c: atrous_conv(c, 5),
+    "avg_pool_3x3": lambda c: pool(c, "avg"),
+    "max_pool_3x3": lambda c: pool(c, "max"),
+    "conv_3x3": lambda c: nn.Conv2d(c, c, 3, 1, 1),
+    "basic_block": basic_block,
+    "bottleneck_block": bottleneck_block,
+}
+
+# Names used by the original PoseNFS configuration files.
+OP_ALIASES = {
+    "none": "zero",
+    "basic_conv_3x3": "basic_block",
+    "bottle_conv_3x3": "bottleneck_block",
+}
+
+
+def canonical_op_name(name: str) -> str:
+    """The registry name for ``name`` (case-insensitive, original aliases accepted)."""
+    key = str(name).lower()
+    key = OP_ALIASES.get(key, key)
+    if key not in OPS:
+        raise ValueError(f"unknown operator {name!r}; valid operators: {sorted(OPS)}")
+    return key
+
+
+def canonical_op_names(names: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    if not names:
+        raise ValueError("the candidate operator set is empty")
+    canonical = tuple(canonical_op_name(n) for n in names)
+    if len(set(canonical)) != len(canonical):
+        raise ValueError(f"operator set {list(names)} names an operator twice")
+    if canonical == ("zero",):
+        raise ValueError("the operator set needs at least one operator besides 'zero'")
+    return canonical
+
+
+def build_op(name: str, channels: int) -> nn.Module:
+    return OPS[canonical_op_name(name)](channels)
+
+
+# ---- connections between scales (the cell's input pre-processing) ------------------------------
+
+
+class ReduceConnect(nn.Sequential):
+    """From the next finer scale: 3x3 stride-2 conv (with bias) + BN, no ReLU (as the original)."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, 3, 2, 1), nn.BatchNorm2d(out_channels)
+        )
+
+
+class UpsampleConnect(nn.Module):
+    """From the next coarser scale: 1x1 conv (with bias) + BN, then bilinear x2 (align corners)."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 1)
+        self.bn = nn.BatchNorm2d(out_channels)
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+        x = self.bn(self.conv(x))
+        target = size if size is not None else (x.shape[-2] * 2, x.shape[-1] * 2)
+        return F.interpolate(x, size=target, mode="bilinear", align_corners=True)
+
+
+def build_connection(source_scale: int, target_scale: int, channels: list[int]) -> nn.Module:
+    """The module that brings a feature map from ``source_scale`` to ``target_scale``."""
+    if source_scale == target_scale:
+        return nn.Identity()
+    if source_scale == target_scale - 1:
+        return ReduceConnect(channels[source_scale], channels[target_scale])
+    if source_scale == target_scale + 1:
+        return UpsampleConnect(channels[source_scale], channels[target_scale])
+    raise ValueError(f"no connection from scale {source_scale} to scale {target_scale}")

@@ -1,0 +1,258 @@
+"""Search strategies: how architecture parameters (alphas, betas) are used and trained.
+
+- ``none``: uniform mixtures, architecture frozen (plain supernet training).
+- ``random``: a random discrete architecture per step, weights shared; at the end the best of
+  several sampled architectures on held-out data becomes the result (random search with weight
+  sharing).
+- ``sync``: architecture parameters trained by the weight optimizer on the same batches (the
+  PNFS paper's setting).
+- ``darts1`` / ``darts2``: bilevel optimisation on a 2:1 split of the training set, first order or
+  second order (unrolled weights, finite-difference Hessian-vector product, no model copies).
+- ``gumbel``: GDAS-style hard straight-through Gumbel samples with an annealed temperature; only the
+  sampled op of each edge runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from pnfs_pipeline.nas.supernet import ArchitectureWeights, PartSupernet
+
+logger = logging.getLogger(__name__)
+
+STRATEGY_ALIASES = {
+    "None": "none",
+    "first_order_gradient": "darts1",
+    "second_order_gradient": "darts2",
+}
+STRATEGIES = ("none", "random", "sync", "darts1", "darts2", "gumbel")
+
+LossFn = Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
+
+
+def canonical_strategy(name: str) -> str:
+    key = STRATEGY_ALIASES.get(name, str(name).lower())
+    if key not in STRATEGIES:
+        raise ValueError(
+            f"unknown search strategy {name!r}; valid: {list(STRATEGIES)} "
+            f"(aliases: {list(STRATEGY_ALIASES)})"
+        )
+    return key
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    name: str = "sync"
+    arch_lr: float = 0.03
+    arch_weight_decay: float = 0.01
+    arch_warmup_epochs: int = 0
+    split_for_train: int = 2
+    split_for_arch: int = 1
+    gumbel_tau_max: float = 10.0
+    gumbel_tau_min: float = 0.1
+    random_candidates: int = 8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", canonical_strategy(self.name))
+
+    @property
+    def bilevel(self) -> bool:
+        return self.name in ("darts1", "darts2", "gumbel")
+
+    @property
+    def trains_arch(self) -> bool:
+        return self.name in ("sync", "darts1", "darts2", "gumbel")
+
+
+def one_hot_logits(index: torch.Tensor, num: int, confidence: float = 10.0) -> torch.Tensor:
+    """Architecture logits that put (almost) all softmax mass on ``index``."""
+    return torch.nn.functional.one_hot(index, num).float() * confidence
+
+
+class SearchStrategy:
+    """Per-step behaviour of a strategy around the weight update."""
+
+    def __init__(self, model: PartSupernet, config: StrategyConfig, total_epochs: int) -> None:
+        self.model = model
+        self.config = config
+        self.total_epochs = max(total_epochs, 1)
+        self.epoch = 0
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.arch_optimizer: torch.optim.Optimizer | None = None
+        if config.bilevel:
+            self.arch_optimizer = torch.optim.Adam(
+                model.arch_parameters(), lr=config.arch_lr, weight_decay=config.arch_weight_decay
+            )
+        for parameter in model.arch_parameters():
+            parameter.requires_grad_(config.trains_arch)
+
+    # ---- what the weight optimizer trains ---------------------------------------------------
+    def weight_optimizer_groups(self, lr: float, weight_decay: float) -> list[dict]:
+        groups = [{"params": [p for p in self.model.weight_parameters() if p.requires_grad],
+                   "lr": lr, "weight_decay": weight_decay, "name": "weights"}]
+        if self.config.name == "sync":
+            # The paper trains alphas and betas with the weights' optimizer and learning rate.
+            groups.append({"params": self.model.arch_parameters(), "lr": lr, "weight_decay": 0.0,
+                           "name": "architecture"})
+        return groups
+
+    # ---- architecture weights for a forward pass ---------------------------------------------
+    @property
+    def gumbel_tau(self) -> float:
+        c = self.config
+        progress = self.epoch / max(self.total_epochs - 1, 1)
+        return c.gumbel_tau_max - (c.gumbel_tau_max - c.gumbel_tau_min) * progress
+
+    def sample_random_architecture(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Random (alpha index, beta index) per part: one op per edge row, one input per cell."""
+        choices = []
+        for alpha, beta in zip(self.model.arch_alphas, self.model.arch_betas, strict=True):
+            ops = torch.randint(alpha.shape[-1], alpha.shape[:-1], generator=self.generator)
+            slots = torch.randint(beta.shape[-1], beta.shape[:-1], generator=self.generator)
+            choices.append((ops, slots))
+        return choices
+
+    def discrete_weights(self, choices: list[tuple[torch.Tensor, torch.Tensor]]) -> ArchitectureWeights:
+        model = self.model
+        alphas, betas, active = [], [], []
+        for part, (ops, slots) in enumerate(choices):
+            alpha = torch.nn.functional.one_hot(ops, model.arch_alphas[part].shape[-1]).float()
+            alpha = model.expand_alpha(alpha, part)
+            alphas.append(alpha)
+            betas.append(torch.nn.functional.one_hot(slots, model.arch_betas[part].shape[-1]).float())
+            active.append(alpha.argmax(-1).tolist())
+        device = model.arch_alphas[0].device
+        return ArchitectureWeights([a.to(device) for a in alphas], [b.to(device) for b in betas], active)
+
+    def gumbel_weights(self) -> ArchitectureWeights:
+        model = self.model
+        alphas, active = [], []
+        for part, alpha in enumerate(model.arch_alphas):
+            uniform = torch.rand(alpha.shape, generator=self.generator).to(alpha.device)
+            gumbels = -torch.log((-torch.log(uniform.clamp_min(1e-10))).clamp_min(1e-10))
+            soft = torch.softmax((alpha + gumbels) / self.gumbel_tau, dim=-1)
+            index = soft.argmax(dim=-1)
+            hard = torch.nn.functional.one_hot(index, alpha.shape[-1]).to(soft)
+            straight_through = hard - soft.detach() + soft
+            expanded = model.expand_alpha(straight_through, part)
+            alphas.append(expanded)
+            active.append(model.expand_alpha(index.unsqueeze(-1), part).squeeze(-1).tolist())
+        betas = [torch.softmax(b, dim=-1) for b in model.arch_betas]
+        return ArchitectureWeights(alphas, betas, active)
+
+    def forward_weights(self, training: bool) -> ArchitectureWeights | None:
+        """``None`` means the supernet's own softmax weights."""
+        if training and self.config.name == "random":
+            return self.discrete_weights(self.sample_random_architecture())
+        if training and self.config.name == "gumbel":
+            return self.gumbel_weights()
+        return None
+
+    # ---- one training step ----------------------------------------------------------------
+    def arch_step(
+        self,
+        arch_batch: dict[str, torch.Tensor],
+        train_batch: dict[str, torch.Tensor],
+        loss_fn: LossFn,
+        weight_lr: float,
+    ) -> float | None:
+        """Update the architecture parameters (bilevel strategies); returns the arch loss."""
+        if not self.config.bilevel or self.epoch < self.config.arch_warmup_epochs:
+            return None
+        assert self.arch_optimizer is not None
+        self.arch_optimizer.zero_grad(set_to_none=True)
+        if self.config.name == "darts2":
+            loss = unrolled_arch_gradient(self.model, train_batch, arch_batch, loss_fn, weight_lr)
+        else:
+            weights = self.forward_weights(training=True)
+            loss = loss_fn(self.model(arch_batch["image"], weights), arch_batch)
+            arch = self.model.arch_parameters()
+            grads = torch.autograd.grad(loss, arch, allow_unused=True)
+            for parameter, grad in zip(arch, grads, strict=True):
+                parameter.grad = grad if grad is not None else torch.zeros_like(parameter)
+            loss = loss.detach()
+        self.arch_optimizer.step()
+        return float(loss)
+
+    # ---- the result --------------------------------------------------------------------------
+    @torch.no_grad()
+    def finalize(self, evaluate_loss: Callable[[ArchitectureWeights | None], float]) -> dict | None:
+        """For ``random``: pick the best sampled architecture; sets alphas/betas to its one-hot."""
+        if self.config.name != "random":
+            return None
+        best, best_loss, losses = None, math.inf, []
+        for _ in range(self.config.random_candidates):
+            choices = self.sample_random_architecture()
+            loss = evaluate_loss(self.discrete_weights(choices))
+            losses.append(loss)
+            if loss < best_loss:
+                best, best_loss = choices, loss
+        assert best is not None
+        for part, (ops, slots) in enumerate(best):
+            self.model.arch_alphas[part].copy_(one_hot_logits(ops, self.model.arch_alphas[part].shape[-1]))
+            self.model.arch_betas[part].copy_(one_hot_logits(slots, self.model.arch_betas[part].shape[-1]))
+        logger.info("random search: best of %d sampled architectures has val loss %.6f", len(losses), best_loss)
+        return {"candidate_losses": losses, "best_loss": best_loss}
+
+
+def unrolled_arch_gradient(
+    model: nn.Module,
+    train_batch: dict[str, torch.Tensor],
+    arch_batch: dict[str, torch.Tensor],
+    loss_fn: LossFn,
+    xi: float,
+    radius: float = 0.01,
+) -> torch.Tensor:
+    """DARTS' second-order architecture gradient, written into the arch parameters' ``.grad``.
+
+    w' = w - xi * dL_train/dw;  g = dL_val(w', a)/da - xi * H v  with  v = dL_val(w', a)/dw' and
+    H v ~ (dL_train(w + eps v, a)/da - dL_train(w - eps v, a)/da) / (2 eps), eps = radius / |v|.
+    Weights are swapped in with ``torch.func.functional_call``: no model copies.
+    """
+    arch = model.arch_parameters()
+    arch_ids = {id(p) for p in arch}
+    names = [n for n, p in model.named_parameters() if id(p) not in arch_ids and p.requires_grad]
+    weights = dict(model.named_parameters())
+    # Virtual passes must not disturb the model's BatchNorm statistics.
+    buffers = {n: b.clone() for n, b in model.named_buffers()}
+
+    def loss_at(weight_values: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        params = {**weights, **weight_values}
+        out = functional_call(model, (params, buffers), (batch["image"],))
+        return loss_fn(out, batch)
+
+    w = {n: weights[n] for n in names}
+    train_loss = loss_at(w, train_batch)
+    grads_w = torch.autograd.grad(train_loss, list(w.values()), allow_unused=True)
+    unrolled = {
+        n: (p - xi * g).detach() if g is not None else p.detach()
+        for (n, p), g in zip(w.items(), grads_w, strict=True)
+    }
+    for tensor in unrolled.values():
+        tensor.requires_grad_(True)
+    val_loss = loss_at(unrolled, arch_batch)
+    grads = torch.autograd.grad(val_loss, list(unrolled.values()) + arch, allow_unused=True)
+    v = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads[: len(names)], unrolled.values(), strict=True)]
+    d_arch = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads[len(names):], arch, strict=True)]
+
+    norm = torch.sqrt(sum((g * g).sum() for g in v))
+    eps = radius / (norm + 1e-12)
+    with torch.no_grad():
+        plus = {n: w[n] + eps * g for n, g in zip(names, v, strict=True)}
+        minus = {n: w[n] - eps * g for n, g in zip(names, v, strict=True)}
+    grad_plus = torch.autograd.grad(loss_at(plus, train_batch), arch, allow_unused=True)
+    grad_minus = torch.autograd.grad(loss_at(minus, train_batch), arch, allow_unused=True)
+    for parameter, d, gp, gm in zip(arch, d_arch, grad_plus, grad_minus, strict=True):
+        gp = gp if gp is not None else torch.zeros_like(parameter)
+        gm = gm if gm is not None else torch.zeros_like(parameter)
+        hessian_vector = (gp - gm) / (2.0 * eps)
+        parameter.grad = (d - xi * hessian_vector).detach()
+    return val_loss.detach()

@@ -1,0 +1,217 @@
+"""The part-specific supernet: a shared backbone and one cell-based neural fabric per body part.
+
+Each part's fabric predicts the heatmaps of that part's keypoints; keypoints that belong to
+several parts are summed (the original) or averaged. Architecture parameters (alphas for ops,
+betas for cell inputs) are kept apart from the weights so search strategies can optimise them
+separately.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from pnfs_pipeline.nas.backbones import Backbone
+from pnfs_pipeline.nas.cell import NUM_SLOTS
+from pnfs_pipeline.nas.fabric import CellFabric
+from pnfs_pipeline.nas.ops import canonical_op_names
+
+
+@dataclass(frozen=True)
+class FabricConfig:
+    """The search space of one part's fabric (the original's ``cell_config``)."""
+
+    operators: tuple[str, ...] = ("zero", "skip_connect", "sep_conv_3x3", "atr_conv_3x3")
+    depth: int = 6
+    cut_layers_num: int = 3
+    size_types: tuple[int, ...] = (4, 8, 16, 32)
+    factor: int = 16
+    hidden_states_num: int = 1
+    input_nodes_num: int = 1
+    share_alpha: bool = True  # the original's one-shot-search: one alpha per part, all cells
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "operators", canonical_op_names(tuple(self.operators)))
+        if list(self.size_types) != sorted(self.size_types):
+            raise ValueError(f"size_types must go from fine to coarse, got {self.size_types}")
+
+    @property
+    def channels(self) -> list[int]:
+        return [s * self.factor for s in self.size_types]
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """How a part's fabric output becomes keypoint heatmaps."""
+
+    vector_in_pixel: bool = True
+    vector_dim: int = 8
+    convolution_mode: str = "2D"
+    combine: str = "sum"  # sum (the original) | mean: for keypoints shared by several parts
+
+    def __post_init__(self) -> None:
+        if self.convolution_mode not in ("2D", "3D"):
+            raise ValueError(f"convolution_mode must be '2D' or '3D', got {self.convolution_mode!r}")
+        if self.combine not in ("sum", "mean"):
+            raise ValueError(f"combine must be 'sum' or 'mean', got {self.combine!r}")
+        if self.vector_dim < 1:
+            raise ValueError(f"vector_dim must be >= 1, got {self.vector_dim}")
+
+
+def squash_length(vectors: torch.Tensor, dim: int) -> torch.Tensor:
+    """Confidence from a vector's length n: n^2 / (n^2 + 1), in [0, 1)."""
+    squared = (vectors * vectors).sum(dim=dim)
+    return squared / (squared + 1.0)
+
+
+class PartHead(nn.Module):
+    """Heatmaps of K keypoints from a stride-4 map: plain, or vector-in-pixel (2D / 3D conv)."""
+
+    def __init__(self, in_channels: int, num_keypoints: int, config: HeadConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.num_keypoints = num_keypoints
+        d = config.vector_dim
+        if not config.vector_in_pixel:
+            self.conv = nn.Conv2d(in_channels, num_keypoints, 1)
+        elif config.convolution_mode == "2D":
+            self.conv = nn.Conv2d(in_channels, num_keypoints * d, 1)
+        else:
+            self.conv = nn.Conv2d(in_channels, in_channels * d, 1)
+            self.conv3d = nn.Conv3d(in_channels, num_keypoints, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        config = self.config
+        if not config.vector_in_pixel:
+            return self.conv(torch.relu(x))
+        if config.convolution_mode == "2D":
+            vectors = self.conv(torch.relu(x)).view(n, self.num_keypoints, config.vector_dim, h, w)
+            return squash_length(vectors, dim=2)
+        volume = torch.relu(self.conv(x)).view(n, c, config.vector_dim, h, w)
+        return squash_length(self.conv3d(volume), dim=2)
+
+
+class PartBranch(nn.Module):
+    """Adapters, fabric and head of one body part."""
+
+    def __init__(
+        self, backbone_channels: list[int], keypoints: tuple[int, ...], fabric: FabricConfig, head: HeadConfig
+    ) -> None:
+        super().__init__()
+        self.keypoints = tuple(keypoints)
+        channels = fabric.channels
+        count = len(backbone_channels)
+        if backbone_channels != channels[:count]:
+            # 1x1 convs adapt backbone widths to the fabric's, as the original's reduce convs.
+            self.adapters = nn.ModuleList(
+                nn.Conv2d(cin, cout, 1) for cin, cout in zip(backbone_channels, channels, strict=False)
+            )
+        else:
+            self.adapters = nn.ModuleList(nn.Identity() for _ in backbone_channels)
+        self.fabric = CellFabric(
+            channels,
+            fabric.depth,
+            fabric.cut_layers_num,
+            fabric.operators,
+            fabric.hidden_states_num,
+            fabric.input_nodes_num,
+            input_count=count if fabric.cut_layers_num > 0 else 1,
+        )
+        self.head = PartHead(channels[0], len(keypoints), head)
+
+    def forward(self, features, alpha_weights, beta_weights, active_ops=None) -> torch.Tensor:
+        adapted = [adapt(f) for adapt, f in zip(self.adapters, features, strict=True)]
+        if self.fabric.cut_layers == 0:
+            adapted = adapted[:1]
+        return self.head(self.fabric(adapted, alpha_weights, beta_weights, active_ops))
+
+
+@dataclass
+class ArchitectureWeights:
+    """What a search strategy hands the supernet for one forward pass, per part."""
+
+    alphas: list[torch.Tensor]  # (cells, edges, ops) each
+    betas: list[torch.Tensor]  # (cells, 3) each
+    active_ops: list[list[list[int]] | None] = field(default_factory=list)
+
+
+class PartSupernet(nn.Module):
+    """Backbone + one fabric per body part; ``forward`` returns (N, K, H/4, W/4) heatmaps."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        parts: dict[str, tuple[int, ...]],
+        num_keypoints: int,
+        fabric: FabricConfig,
+        head: HeadConfig,
+    ) -> None:
+        super().__init__()
+        if not parts:
+            raise ValueError("the supernet needs at least one body part")
+        self.backbone = backbone
+        self.part_names = list(parts)
+        self.num_keypoints = num_keypoints
+        self.fabric_config = fabric
+        self.head_config = head
+        self.parts = nn.ModuleList(
+            PartBranch(backbone.channels, parts[name], fabric, head) for name in self.part_names
+        )
+        cells, edges, ops = self.parts[0].fabric.num_cells, self.parts[0].fabric.num_edges, len(fabric.operators)
+        alpha_shape = (edges, ops) if fabric.share_alpha else (cells, edges, ops)
+        # Zero-initialised as the original: every softmax starts uniform.
+        self.arch_alphas = nn.ParameterList(nn.Parameter(torch.zeros(alpha_shape)) for _ in self.part_names)
+        self.arch_betas = nn.ParameterList(nn.Parameter(torch.zeros(cells, NUM_SLOTS)) for _ in self.part_names)
+        counts = torch.zeros(num_keypoints)
+        for name in self.part_names:
+            counts[list(parts[name])] += 1
+        if (counts == 0).any():
+            missing = torch.nonzero(counts == 0).flatten().tolist()
+            raise ValueError(f"keypoint(s) {missing} belong to no part")
+        self.register_buffer("part_counts", counts, persistent=False)
+
+    # ---- parameter groups -------------------------------------------------------------------
+    def arch_parameters(self) -> list[nn.Parameter]:
+        params = list(self.arch_alphas) + list(self.arch_betas)
+        if hasattr(self.backbone, "alphas"):
+            params += [self.backbone.alphas, self.backbone.betas]
+        return params
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        arch = {id(p) for p in self.arch_parameters()}
+        return [p for p in self.parameters() if id(p) not in arch]
+
+    def named_weight_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        arch = {id(p) for p in self.arch_parameters()}
+        return [(n, p) for n, p in self.named_parameters() if id(p) not in arch]
+
+    # ---- architecture weights --------------------------------------------------------------
+    def expand_alpha(self, alpha: torch.Tensor, part: int) -> torch.Tensor:
+        """(edges, ops) shared alphas -> (cells, edges, ops)."""
+        cells = self.parts[part].fabric.num_cells
+        return alpha.expand(cells, -1, -1) if alpha.dim() == 2 else alpha
+
+    def softmax_weights(self) -> ArchitectureWeights:
+        return ArchitectureWeights(
+            alphas=[self.expand_alpha(torch.softmax(a, dim=-1), i) for i, a in enumerate(self.arch_alphas)],
+            betas=[torch.softmax(b, dim=-1) for b in self.arch_betas],
+            active_ops=[None] * len(self.part_names),
+        )
+
+    def forward(self, x: torch.Tensor, arch: ArchitectureWeights | None = None) -> torch.Tensor:
+        arch = arch if arch is not None else self.softmax_weights()
+        features = self.backbone(x)
+        outputs = []
+        for i, branch in enumerate(self.parts):
+            active = arch.active_ops[i] if arch.active_ops else None
+            outputs.append(branch(features, arch.alphas[i], arch.betas[i], active))
+        n, _, h, w = outputs[0].shape
+        heatmaps = outputs[0].new_zeros(n, self.num_keypoints, h, w)
+        for branch, out in zip(self.parts, outputs, strict=True):
+            heatmaps = heatmaps.index_add(1, torch.tensor(branch.keypoints, device=out.device), out)
+        if self.head_config.combine == "mean":
+            heatmaps = heatmaps / self.part_counts.to(heatmaps)[None, :, None, None]
+        return heatmaps

@@ -1,0 +1,90 @@
+"""Skeleton overlays and the figure of augmented training samples."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # figures are written to files; never open a window
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from pnfs_pipeline.keypoints import KeypointSpec  # noqa: E402
+
+LEFT_COLOUR, RIGHT_COLOUR, CENTRE_COLOUR = "#1f77b4", "#d62728", "#2ca02c"
+
+
+def _side(name: str) -> str:
+    if name.startswith(("left", "l_")):
+        return LEFT_COLOUR
+    if name.startswith(("right", "r_")):
+        return RIGHT_COLOUR
+    return CENTRE_COLOUR
+
+
+def draw_skeleton(
+    ax: Axes,
+    keypoints: np.ndarray,
+    spec: KeypointSpec,
+    min_visibility: float = 0.0,
+    linestyle: str = "-",
+    alpha: float = 1.0,
+) -> None:
+    """Draw bones and joints of ``(K, 3)`` keypoints whose third column exceeds ``min_visibility``.
+
+    Left limbs are blue, right limbs red, so a person can spot a left/right swap at a glance.
+    """
+    shown = keypoints[:, 2] > min_visibility
+    for a, b in spec.skeleton:
+        if shown[a] and shown[b]:
+            colour = _side(spec.keypoints[a]) if _side(spec.keypoints[a]) == _side(spec.keypoints[b]) else CENTRE_COLOUR
+            ax.plot(
+                keypoints[[a, b], 0], keypoints[[a, b], 1], color=colour, lw=1.5, ls=linestyle, alpha=alpha
+            )
+    for k in np.flatnonzero(shown):
+        ax.scatter(keypoints[k, 0], keypoints[k, 1], s=9, color=_side(spec.keypoints[k]), alpha=alpha, zorder=3)
+
+
+def plot_augmented_samples(
+    images: Sequence[np.ndarray],
+    input_keypoints: Sequence[np.ndarray],
+    heatmaps: Sequence[np.ndarray],
+    spec: KeypointSpec,
+    titles: Sequence[str] | None = None,
+) -> Figure:
+    """One column per sample: the augmented crop with its skeleton above, its targets below."""
+    count = len(images)
+    fig, axes = plt.subplots(2, count, figsize=(2.0 * count, 5.2), squeeze=False)
+    for col in range(count):
+        image, keypoints, maps = images[col], input_keypoints[col], heatmaps[col]
+        top, bottom = axes[0, col], axes[1, col]
+        top.imshow(image)
+        draw_skeleton(top, keypoints, spec)
+        top.set_title(titles[col] if titles else f"sample {col}", fontsize=7)
+        bottom.imshow(image, alpha=0.45)
+        # Heatmap pixel u sits at input pixel u * stride, so its cell spans +-stride/2 around it.
+        stride = image.shape[1] / maps.shape[2]
+        map_h, map_w = maps.shape[1:]
+        bottom.imshow(
+            maps.max(axis=0),
+            cmap="magma",
+            alpha=0.6,
+            extent=(-0.5 * stride, (map_w - 0.5) * stride, (map_h - 0.5) * stride, -0.5 * stride),
+            vmin=0.0,
+            vmax=1.0,
+        )
+        bottom.set_title("targets (max over joints)", fontsize=7)
+        for ax in (top, bottom):
+            # Keypoints outside the crop must not widen the view beyond the image.
+            ax.set_xlim(-0.5, image.shape[1] - 0.5)
+            ax.set_ylim(image.shape[0] - 0.5, -0.5)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle(
+        f"Augmented {spec.name} training samples (blue = left, red = right)", fontsize=9
+    )
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+import torch
+
+from pnfs_pipeline.config import AugmentationParams, DataParams, SampleParams
+from pnfs_pipeline.data.dataset import ImageReadError, TopDownDataset, make_data_loader
+from pnfs_pipeline.data.sample_index import build_sample_indexes, locate_raw_data, validate_raw_data
+from pnfs_pipeline.keypoints import load_keypoint_spec
+
+SAMPLE = SampleParams(input_size=(48, 64), heatmap_size=(12, 16))
+
+
+@pytest.fixture
+def train_index(coco_root):
+    data = DataParams(source="coco", root=str(coco_root))
+    spec = load_keypoint_spec("coco")
+    validated = validate_raw_data(locate_raw_data(data), spec, data, SAMPLE)
+    return build_sample_indexes(validated, spec, data)["train"]
+
+
+def test_sample_shapes_and_targets_follow_the_keypoints(train_index):
+    dataset = TopDownDataset(train_index, SAMPLE)
+    item = dataset[0]
+    assert item["image"].shape == (3, 64, 48) and item["heatmaps"].shape == (17, 16, 12)
+    visible = item["target_weight"] > 0
+    assert visible.any()
+    for k in torch.nonzero(visible).flatten().tolist():
+        y, x = np.unravel_index(item["heatmaps"][k].argmax().item(), (16, 12))
+        expected = item["input_keypoints"][k, :2] / 4.0
+        assert abs(x - expected[0]) <= 0.5 + 1e-6 and abs(y - expected[1]) <= 0.5 + 1e-6
+
+
+def test_augmentation_is_reproducible_and_changes_with_epoch(train_index):
+    aug = AugmentationParams(rotation_prob=1.0)
+    first = TopDownDataset(train_index, SAMPLE, aug, seed=3)[1]
+    second = TopDownDataset(train_index, SAMPLE, aug, seed=3)[1]
+    torch.testing.assert_close(first["image"], second["image"])
+    later = TopDownDataset(train_index, SAMPLE, aug, seed=3)
+    later.set_epoch(1)
+    assert not torch.equal(later[1]["image"], first["image"])
+
+
+def test_flipped_sample_swaps_left_and_right_targets(train_index):
+    aug = AugmentationParams(scale_factor=0.0, rotation_prob=0.0, half_body_prob=0.0, flip=True)
+    dataset = TopDownDataset(train_index, SAMPLE, aug, seed=0)
+    plain = TopDownDataset(train_index, SAMPLE, None)
+    for idx in range(len(dataset)):
+        item = dataset[idx]
+        if item["flipped"]:
+            reference = plain[idx]
+            # The crop maps its center to x = width / 2 (the top-down convention), so mirroring
+            # about the crop's center line is x -> width - x, for pixels and keypoints alike.
+            torch.testing.assert_close(item["image"][..., 1:], reference["image"][..., 1:].flip(-1))
+            # The flipped crop's left eye (1) sits at the mirror image of the plain crop's right eye (2).
+            mirrored_x = 48 - reference["input_keypoints"][2, 0]
+            assert item["input_keypoints"][1, 0] == pytest.approx(mirrored_x.item(), abs=1e-3)
+            assert item["input_keypoints"][1, 1] == pytest.approx(reference["input_keypoints"][2, 1].item(), abs=1e-3)
+            return
+    pytest.fail("no sample was flipped")
+
+
+def test_loader_batches_and_a_missing_image_names_the_file(train_index, coco_root):
+    loader = make_data_loader(TopDownDataset(train_index, SAMPLE), batch_size=2, shuffle=True, seed=0)
+    batch = next(iter(loader))
+    assert batch["image"].shape == (2, 3, 64, 48)
+    (coco_root / "images" / "train2017" / "000000000001.jpg").unlink()
+    with pytest.raises(ImageReadError, match="000000000001.jpg"):
+        TopDownDataset(train_index, SAMPLE)[0]

@@ -1,0 +1,161 @@
+"""COCO / MPII / detection readers, and every kind of bad input they must catch."""
+
+import json
+
+import numpy as np
+import pytest
+
+from pnfs_pipeline.config import DataParams, SampleParams
+from pnfs_pipeline.data.coco import read_coco_split
+from pnfs_pipeline.data.detections import read_detection_records
+from pnfs_pipeline.data.records import BadInputError, BadRecordLog
+from pnfs_pipeline.data.sample_index import (
+    build_sample_indexes,
+    locate_raw_data,
+    validate_raw_data,
+)
+from pnfs_pipeline.keypoints import load_keypoint_spec
+
+COCO = load_keypoint_spec("coco")
+SAMPLE = SampleParams(input_size=(96, 128), heatmap_size=(24, 32))
+
+
+def _edit(path, change):
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def _validate(root, on_bad_record="skip"):
+    data = DataParams(source="coco", root=str(root), on_bad_record=on_bad_record)
+    return validate_raw_data(locate_raw_data(data), COCO, data, SAMPLE)
+
+
+def test_clean_dataset_gives_one_sample_per_person(coco_root):
+    validated = _validate(coco_root)
+    assert validated.log.records == []
+    indexes = build_sample_indexes(validated, COCO, DataParams(source="coco", root=str(coco_root)))
+    assert indexes["train"]["num_samples"] == 4 and indexes["val"]["num_samples"] == 2
+    sample = indexes["train"]["samples"][0]
+    # bbox [30, 20, 40, 80] clipped to [30, 20, 39, 79], then grown to 3:4 and padded x1.25.
+    assert sample["center"] == pytest.approx([49.5, 59.5])
+    assert sample["size"][0] / sample["size"][1] == pytest.approx(0.75)
+    assert sample["size"][1] == pytest.approx(79 * 1.25)
+
+
+def test_crowd_and_zero_keypoint_people_are_not_training_samples(coco_root):
+    path = coco_root / "annotations" / "person_keypoints_train2017.json"
+
+    def change(data):
+        data["annotations"][0]["iscrowd"] = 1
+        data["annotations"][1]["keypoints"] = [0] * 51
+
+    _edit(path, change)
+    validated = _validate(coco_root)
+    assert validated.log.records == []  # valid records, just not training samples
+    assert len(validated.records["train"]) == 2
+
+
+BAD_CASES = {
+    "wrong keypoint count": lambda d: d["annotations"][0].update(keypoints=[1, 1, 2] * 16),
+    "zero or negative box size": lambda d: d["annotations"][0].update(bbox=[10, 10, 0, -5]),
+    "NaN or non-numeric keypoint coordinates": lambda d: d["annotations"][0]["keypoints"].__setitem__(0, float("nan")),
+    "image referenced twice": lambda d: d["images"].append(dict(d["images"][1], id=99)),
+    "visibility flags must be 0, 1 or 2": lambda d: d["annotations"][0]["keypoints"].__setitem__(2, 7),
+}
+
+
+@pytest.mark.parametrize("reason", sorted(BAD_CASES))
+def test_bad_records_are_reported_and_skipped(coco_root, reason):
+    path = coco_root / "annotations" / "person_keypoints_train2017.json"
+    _edit(path, BAD_CASES[reason])
+    validated = _validate(coco_root)
+    assert len(validated.log.records) == 1
+    bad = validated.log.records[0]
+    assert reason in bad.reason and bad.file == str(path)
+    assert len(validated.records["train"]) == 3 + (reason == "image referenced twice")
+    report = validated.log.report()
+    assert report["num_bad_records"] == 1 and report["records"][0]["file"] == str(path)
+
+
+@pytest.mark.parametrize("reason", sorted(BAD_CASES))
+def test_fail_mode_stops_on_the_first_bad_record(coco_root, reason):
+    path = coco_root / "annotations" / "person_keypoints_train2017.json"
+    _edit(path, BAD_CASES[reason])
+    with pytest.raises(BadInputError) as error:
+        _validate(coco_root, on_bad_record="fail")
+    assert str(path) in str(error.value) and reason in str(error.value)
+
+
+def test_missing_and_corrupt_images_are_bad_records(coco_root):
+    image_dir = coco_root / "images" / "train2017"
+    (image_dir / "000000000001.jpg").unlink()
+    (image_dir / "000000000002.jpg").write_bytes(b"not a jpeg at all")
+    validated = _validate(coco_root)
+    reasons = sorted(b.reason.split(":")[0] for b in validated.log.records)
+    # The image entries fail, then the annotations that point at them.
+    assert reasons.count("missing image file") == 1
+    assert reasons.count("corrupt image (cannot be decoded)") == 1
+    assert sum("unknown or rejected image" in b.reason for b in validated.log.records) == 2
+    assert len(validated.records["train"]) == 2
+
+
+def test_malformed_json_names_the_file_and_position(coco_root):
+    path = coco_root / "annotations" / "person_keypoints_val2017.json"
+    path.write_text('{"images": [ {"id": 1,, ] }')
+    with pytest.raises(BadInputError, match=r"person_keypoints_val2017.json: malformed JSON at line 1, column"):
+        read_coco_split(path, coco_root / "images" / "val2017", 17, BadRecordLog())
+
+
+def test_missing_layout_names_what_is_expected(tmp_path):
+    (tmp_path / "annotations").mkdir()
+    with pytest.raises(FileNotFoundError, match="person_keypoints_train2017.json: train annotations not found"):
+        locate_raw_data(DataParams(source="coco", root=str(tmp_path)))
+
+
+def test_detection_boxes_become_scored_crops(coco_root):
+    split = read_coco_split(
+        coco_root / "annotations" / "person_keypoints_val2017.json",
+        coco_root / "images" / "val2017",
+        17,
+        BadRecordLog(),
+    )
+    detections = [
+        {"image_id": 11, "category_id": 1, "bbox": [10, 10, 30, 60], "score": 0.9},
+        {"image_id": 12, "category_id": 1, "bbox": [10, 10, 30, 60], "score": 0.1},
+        {"image_id": 77, "category_id": 1, "bbox": [10, 10, 30, 60], "score": 0.9},
+        {"image_id": 11, "category_id": 1, "bbox": [10, 10, float("nan"), 60], "score": 0.9},
+    ]
+    path = coco_root / "dets.json"
+    path.write_text(json.dumps(detections))
+    log = BadRecordLog()
+    records = read_detection_records(path, split, 17, 0.75, 1.25, 0.5, log)
+    assert [r["score"] for r in records] == [0.9]
+    assert records[0]["keypoints"] == [[0.0, 0.0, 0.0]] * 17
+    assert sorted(b.record_id for b in log.records) == ["2", "3"]
+
+
+def test_mpii_reader_converts_matlab_coordinates(tmp_path):
+    import cv2
+    from scipy.io import savemat
+
+    root = tmp_path / "mpii"
+    (root / "annot").mkdir(parents=True)
+    (root / "images").mkdir()
+    cv2.imwrite(str(root / "images" / "a.jpg"), np.zeros((200, 200, 3), np.uint8))
+    joints = [[float(10 + i), float(20 + i)] for i in range(16)]
+    entry = {"image": "a.jpg", "center": [101.0, 81.0], "scale": 0.5, "joints": joints, "joints_vis": [1] * 15 + [0]}
+    bad = dict(entry, joints=joints[:15])
+    for name in ("train.json", "valid.json"):
+        (root / "annot" / name).write_text(json.dumps([entry, bad]))
+    savemat(str(root / "annot" / "gt_valid.mat"), {"headboxes_src": np.array([[[11, 11], [21, 21]], [[31, 31], [41, 41]]], float)})
+    data = DataParams(source="mpii", root=str(root), keypoint_spec="mpii")
+    validated = validate_raw_data(locate_raw_data(data), load_keypoint_spec("mpii"), data, SampleParams(input_size=(64, 64), heatmap_size=(16, 16)))
+    assert len(validated.records["val"]) == 1
+    assert [b.reason.split(":")[0] for b in validated.log.records] == ["wrong keypoint count"] * 2
+    record = validated.records["val"][0]
+    assert record["keypoints"][0] == [9.0, 19.0, 2.0] and record["keypoints"][15] == [0.0, 0.0, 0.0]
+    # Center goes 0-based and down by 15 * scale; the square box of side scale * 200 is padded x1.25.
+    assert record["center"] == pytest.approx([100.0, 80.0 + 7.5])
+    assert record["size"] == pytest.approx([125.0, 125.0])
+    assert record["head_box"] == pytest.approx([10.0, 20.0, 30.0, 40.0])

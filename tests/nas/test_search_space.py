@@ -1,0 +1,145 @@
+import pytest
+import torch
+
+from pnfs_pipeline.keypoints import load_keypoint_spec
+from pnfs_pipeline.nas.backbones import build_backbone
+from pnfs_pipeline.nas.cell import Cell, MixedOp
+from pnfs_pipeline.nas.fabric import CellFabric, fabric_layer_sizes, slot_sources
+from pnfs_pipeline.nas.ops import OPS, build_op, canonical_op_name
+from pnfs_pipeline.nas.profile import count_macs, count_parameters
+from pnfs_pipeline.nas.supernet import FabricConfig, HeadConfig, PartSupernet
+
+COCO = load_keypoint_spec("coco")
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_every_op_keeps_the_shape(name):
+    op = build_op(name, 8)
+    assert op(torch.randn(2, 8, 12, 10)).shape == (2, 8, 12, 10)
+
+
+def test_original_op_names_are_aliases_and_unknown_names_list_the_valid_ones():
+    assert canonical_op_name("Sep_Conv_3x3") == "sep_conv_3x3"
+    assert canonical_op_name("Zero") == "zero"
+    assert canonical_op_name("Bottle_Conv_3x3") == "bottleneck_block"
+    with pytest.raises(ValueError, match=r"unknown operator 'conv_7x7'; valid operators: \['atr_conv_3x3'"):
+        canonical_op_name("conv_7x7")
+
+
+def test_fabric_has_the_original_trapezoid_shape():
+    assert fabric_layer_sizes(6, 4) == [2, 3, 4, 3, 2, 1]
+    assert fabric_layer_sizes(12, 4) == [2, 3, 4, 4, 4, 4, 4, 4, 4, 3, 2, 1]
+    # Boundary rules: the top cell repeats its parallel input; a new bottom cell reads the last scale.
+    assert slot_sources(0, 3) == (0, 0, 1)
+    assert slot_sources(3, 3) == (2, 2, 2)
+    assert slot_sources(2, 3) == (2, 1, 2)
+
+
+@pytest.mark.parametrize(("depth", "cut"), [(6, 3), (7, 4), (6, 1), (5, 0)])
+def test_every_cell_position_outputs_its_scale(depth, cut):
+    channels = [4, 8, 16, 32]
+    ops = ("zero", "skip_connect", "sep_conv_3x3")
+    sizes = fabric_layer_sizes(depth, 4)
+    count = sizes[cut - 1] if cut > 0 else 1
+    fabric = CellFabric(channels, depth, cut, ops, input_count=count)
+    inputs = [torch.randn(2, channels[s], 32 // 2**s, 24 // 2**s) for s in range(count)]
+    alphas = torch.softmax(torch.randn(fabric.num_cells, fabric.num_edges, 3), -1)
+    betas = torch.softmax(torch.randn(fabric.num_cells, 3), -1)
+    previous, current, layer = inputs, [], cut
+    for index, position in enumerate(fabric.positions):
+        if position.layer != layer:
+            previous, current, layer = current, [], position.layer
+        out = fabric.cells[position.name](previous, betas[index], alphas[index])
+        s = position.scale
+        assert out.shape == (2, channels[s], 32 // 2**s, 24 // 2**s), position
+        current.append(out)
+    assert fabric(inputs, alphas, betas).shape == (2, 4, 32, 24)
+    layers = fabric(inputs, alphas, betas, last_layer=True)
+    assert len(layers) == 1
+
+
+def test_repeated_sources_are_transformed_once():
+    cell = Cell(scale=3, slot_sources=(2, 2, 2), channels=[4, 8, 16, 32], op_names=("skip_connect",))
+    assert len(cell.connections) == 1
+    top = Cell(scale=0, slot_sources=(0, 0, 1), channels=[4, 8, 16, 32], op_names=("skip_connect",))
+    assert len(top.connections) == 2
+
+
+def test_skipping_zero_ops_matches_computing_them():
+    torch.manual_seed(0)
+    mixed = MixedOp(6, ("zero", "skip_connect", "sep_conv_3x3", "max_pool_3x3")).eval()
+    x = torch.randn(2, 6, 8, 8)
+    weights = torch.softmax(torch.randn(4), -1)
+    computed_all = sum(w * op(x) for w, op in zip(weights, mixed.ops, strict=True)) * 4
+    torch.testing.assert_close(mixed(x, weights), computed_all)
+    # Only the active op runs, scaled like the mixture.
+    torch.testing.assert_close(mixed(x, weights, active=1), x * weights[1] * 4)
+    assert torch.count_nonzero(mixed(x, weights, active=0)) == 0
+
+
+@pytest.mark.parametrize("mode", [(True, "2D"), (True, "3D"), (False, "2D")])
+@pytest.mark.parametrize("combine", ["sum", "mean"])
+def test_supernet_heads_give_one_heatmap_per_keypoint(mode, combine):
+    vector, conv_mode = mode
+    model = PartSupernet(
+        build_backbone("tiny", width=4),
+        COCO.body_parts(8),
+        17,
+        FabricConfig(operators=("zero", "skip_connect", "atr_conv_3x3"), factor=2),
+        HeadConfig(vector_in_pixel=vector, vector_dim=4, convolution_mode=conv_mode, combine=combine),
+    )
+    out = model(torch.randn(2, 3, 64, 48))
+    assert out.shape == (2, 17, 16, 12)
+    if vector and combine == "mean":
+        assert out.min() >= 0 and out.max() < 1  # squashed lengths, averaged over sharing parts
+
+
+def test_shared_keypoints_are_summed_over_parts():
+    model = PartSupernet(
+        build_backbone("tiny", width=4), COCO.body_parts(8), 17, FabricConfig(factor=2), HeadConfig(combine="sum")
+    ).eval()
+    x = torch.randn(1, 3, 64, 48)
+    features = model.backbone(x)
+    arch = model.softmax_weights()
+    per_part = [b(features, arch.alphas[i], arch.betas[i]) for i, b in enumerate(model.parts)]
+    elbow = COCO.index("left_elbow")  # in left_upper_arm and left_lower_arm
+    expected = sum(
+        out[:, branch.keypoints.index(elbow)] for branch, out in zip(model.parts, per_part, strict=True)
+        if elbow in branch.keypoints
+    )
+    torch.testing.assert_close(model(x)[:, elbow], expected)
+
+
+@pytest.mark.parametrize("backbone", ["mobilenet_v2", "resnet50", "hrnet_w32", "fabric", "tiny"])
+def test_backbones_give_four_scales(backbone):
+    net = build_backbone(backbone)
+    features = net(torch.randn(1, 3, 64, 64))
+    assert [f.shape[-1] for f in features] == [16, 8, 4, 2]
+    assert [f.shape[1] for f in features] == net.channels
+
+
+def test_seed_mobilenet_cnf3_matches_the_original_size():
+    """The seed's mobilenet_v2_CNFx3_coco_384x288 settings: 5.68 M parameters, 4.33 G MACs."""
+    model = PartSupernet(
+        build_backbone("mobilenet_v2"),
+        COCO.body_parts(3),
+        17,
+        FabricConfig(operators=("skip_connect", "Sep_Conv_3x3", "Atr_Conv_3x3"), depth=6, cut_layers_num=3, factor=16),
+        HeadConfig(vector_in_pixel=True, vector_dim=8),
+    )
+    parameters, macs = count_parameters(model), count_macs(model, (288, 384))
+    assert abs(parameters / 5.68e6 - 1) < 0.03, parameters
+    assert abs(macs / 4.33e9 - 1) < 0.05, macs
+
+
+def test_pretrained_weights_load_from_a_local_file_only(tmp_path):
+    source = build_backbone("tiny", width=4)
+    path = tmp_path / "tiny.pt"
+    torch.save({"state_dict": source.state_dict()}, path)
+    loaded = build_backbone("tiny", width=4, pretrained_path=str(path))
+    torch.testing.assert_close(loaded.stem[0][0].weight, source.stem[0][0].weight)
+    with pytest.raises(FileNotFoundError, match="no downloads"):
+        build_backbone("tiny", pretrained_path=str(tmp_path / "missing.pt"))
+    torch.save({"unrelated": torch.zeros(3)}, tmp_path / "wrong.pt")
+    with pytest.raises(ValueError, match="no tensor matches"):
+        build_backbone("tiny", pretrained_path=str(tmp_path / "wrong.pt"))
