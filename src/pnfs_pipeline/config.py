@@ -133,3 +133,106 @@ class PreviewParams(StrictModel):
 
     num_samples: int = Field(8, ge=1, le=64)
     seed: int = 0
+
+
+class FabricParams(StrictModel):
+    """Search space of each part's fabric (the original's ``cell_config``)."""
+
+    operators: tuple[str, ...] = ("zero", "skip_connect", "sep_conv_3x3", "atr_conv_3x3")
+    depth: int = Field(6, ge=2)
+    cut_layers_num: int = Field(3, ge=0)
+    size_types: tuple[int, ...] = (4, 8, 16, 32)
+    factor: int = Field(16, ge=1)
+    hidden_states_num: int = Field(1, ge=1)
+    input_nodes_num: int = Field(1, ge=1, le=2)
+    share_alpha: bool = True
+
+    @model_validator(mode="after")
+    def _cut_below_depth(self) -> FabricParams:
+        if self.cut_layers_num >= self.depth:
+            raise ValueError(f"cut_layers_num ({self.cut_layers_num}) must be below depth ({self.depth})")
+        return self
+
+    @field_validator("operators")
+    @classmethod
+    def _known_operators(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from pnfs_pipeline.nas.ops import canonical_op_names
+
+        return canonical_op_names(value)
+
+
+class HeadParams(StrictModel):
+    vector_in_pixel: bool = True
+    vector_dim: int = Field(8, ge=1)
+    convolution_mode: Literal["2D", "3D"] = "2D"
+    combine: Literal["sum", "mean"] = "sum"
+
+
+class ModelParams(StrictModel):
+    """The pose network: backbone, body-part grouping, fabric search space and heads."""
+
+    backbone: str = "mobilenet_v2"
+    backbone_kwargs: dict[str, Any] = Field(default_factory=dict)
+    pretrained_backbone: str | None = None  # a local file; nothing is downloaded
+    frozen_backbone: bool = False
+    num_parts: int = Field(3, ge=1)
+    fabric: FabricParams = FabricParams()
+    head: HeadParams = HeadParams()
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, value: str) -> str:
+        from pnfs_pipeline.nas.backbones import BACKBONE_ALIASES, BACKBONES
+
+        key = BACKBONE_ALIASES.get(value.lower(), value.lower())
+        if key not in BACKBONES:
+            raise ValueError(f"unknown backbone {value!r}; valid: {sorted(BACKBONES)}")
+        return key
+
+
+class StrategyParams(StrictModel):
+    name: str = "sync"
+    arch_lr: float = Field(0.03, gt=0)
+    arch_weight_decay: float = Field(0.01, ge=0)
+    arch_warmup_epochs: int = Field(0, ge=0)
+    split_for_train: int = Field(2, ge=1)
+    split_for_arch: int = Field(1, ge=1)
+    gumbel_tau_max: float = Field(10.0, gt=0)
+    gumbel_tau_min: float = Field(0.1, gt=0)
+    random_candidates: int = Field(8, ge=1)
+    seed: int = 0
+
+    @field_validator("name")
+    @classmethod
+    def _known_strategy(cls, value: str) -> str:
+        from pnfs_pipeline.nas.strategies import canonical_strategy
+
+        return canonical_strategy(value)
+
+
+class TrainerParams(StrictModel):
+    epochs: int = Field(4, ge=1)
+    batch_size: int = Field(16, ge=1)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0)
+    scheduler: Literal["multistep", "cosine"] = "multistep"
+    lr_steps: tuple[int, ...] = ()
+    lr_factor: float = Field(0.25, gt=0)
+    lr_min: float = Field(5e-5, ge=0)
+    num_workers: int = Field(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    channels_last: bool = False
+    seed: int = 0
+    max_steps_per_epoch: int | None = Field(None, ge=1)
+    val_max_batches: int | None = Field(None, ge=1)
+    threads: int | None = Field(None, ge=1)  # torch CPU threads; None keeps torch's default
+
+
+class SearchParams(StrictModel):
+    strategy: StrategyParams = StrategyParams()
+    trainer: TrainerParams = TrainerParams()
+    resume: bool = False
+    checkpoint_path: str = "data/06_models/search_last.pt"

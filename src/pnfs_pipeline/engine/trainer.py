@@ -57,6 +57,7 @@ class TrainConfig:
     seed: int = 0
     max_steps_per_epoch: int | None = None
     val_max_batches: int | None = None
+    threads: int | None = None  # torch CPU threads; None keeps torch's default
 
     def __post_init__(self) -> None:
         checks = {
@@ -125,6 +126,8 @@ class Trainer:
     ) -> None:
         self.config = config
         self.device = resolve_device(config.device)
+        if config.threads:
+            torch.set_num_threads(config.threads)
         torch.manual_seed(config.seed)
         self.model = model.to(self.device)
         if config.channels_last:

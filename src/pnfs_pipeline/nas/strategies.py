@@ -99,9 +99,10 @@ class SearchStrategy:
         groups = [{"params": [p for p in self.model.weight_parameters() if p.requires_grad],
                    "lr": lr, "weight_decay": weight_decay, "name": "weights"}]
         if self.config.name == "sync":
-            # The paper trains alphas and betas with the weights' optimizer and learning rate.
-            groups.append({"params": self.model.arch_parameters(), "lr": lr, "weight_decay": 0.0,
-                           "name": "architecture"})
+            # The paper trains alphas and betas in the weights' optimizer, on the same batches.
+            # Their own group lets arch_lr speed them up; arch_lr = lr and no decay is the original.
+            groups.append({"params": self.model.arch_parameters(), "lr": self.config.arch_lr,
+                           "weight_decay": self.config.arch_weight_decay, "name": "architecture"})
         return groups
 
     # ---- architecture weights for a forward pass ---------------------------------------------

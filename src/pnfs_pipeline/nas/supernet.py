@@ -201,6 +201,27 @@ class PartSupernet(nn.Module):
             active_ops=[None] * len(self.part_names),
         )
 
+    def architecture_summary(self, strategy: str) -> dict:
+        """Readable architecture parameters: logits and softmax per part, with cell and op names."""
+        parts = {}
+        for i, name in enumerate(self.part_names):
+            alpha, beta = self.arch_alphas[i].detach().float().cpu(), self.arch_betas[i].detach().float().cpu()
+            parts[name] = {
+                "keypoints": list(self.parts[i].keypoints),
+                "cells": [p.name for p in self.parts[i].fabric.positions],
+                "alpha_logits": alpha.tolist(),
+                "alpha": torch.softmax(alpha, -1).tolist(),
+                "beta_logits": beta.tolist(),
+                "beta": torch.softmax(beta, -1).tolist(),
+            }
+        return {
+            "strategy": strategy,
+            "operators": list(self.fabric_config.operators),
+            "slots": ["parallel", "above", "below"],
+            "share_alpha": self.fabric_config.share_alpha,
+            "parts": parts,
+        }
+
     def forward(self, x: torch.Tensor, arch: ArchitectureWeights | None = None) -> torch.Tensor:
         arch = arch if arch is not None else self.softmax_weights()
         features = self.backbone(x)
@@ -215,3 +236,18 @@ class PartSupernet(nn.Module):
         if self.head_config.combine == "mean":
             heatmaps = heatmaps / self.part_counts.to(heatmaps)[None, :, None, None]
         return heatmaps
+
+
+def build_supernet(spec, model) -> PartSupernet:
+    """The supernet for a :class:`KeypointSpec` and validated :class:`ModelParams`."""
+    from pnfs_pipeline.nas.backbones import build_backbone
+
+    backbone = build_backbone(
+        model.backbone,
+        pretrained_path=model.pretrained_backbone,
+        frozen=model.frozen_backbone,
+        **model.backbone_kwargs,
+    )
+    fabric = FabricConfig(**model.fabric.model_dump())
+    head = HeadConfig(**model.head.model_dump())
+    return PartSupernet(backbone, spec.body_parts(model.num_parts), spec.num_keypoints, fabric, head)

@@ -1,0 +1,81 @@
+"""Nodes of the ``search`` pipeline."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from pnfs_pipeline.config import (
+    AugmentationParams,
+    ModelParams,
+    SampleParams,
+    SearchParams,
+    parse_params,
+)
+from pnfs_pipeline.data.dataset import TopDownDataset
+from pnfs_pipeline.engine.trainer import TrainConfig, Trainer
+from pnfs_pipeline.keypoints import keypoint_spec_from_dict
+from pnfs_pipeline.nas.profile import size_report
+from pnfs_pipeline.nas.strategies import SearchStrategy, StrategyConfig
+from pnfs_pipeline.nas.supernet import build_supernet
+from pnfs_pipeline.pipelines.tracking import epoch_logger, log_metrics
+from pnfs_pipeline.viz.architecture import plot_architecture_history
+
+logger = logging.getLogger(__name__)
+
+
+def search_architecture(
+    train_samples: dict[str, Any],
+    val_samples: dict[str, Any],
+    model: dict[str, Any],
+    search: dict[str, Any],
+    sample: dict[str, Any],
+    augmentation: dict[str, Any],
+) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+    """Train the supernet with the chosen strategy; returns checkpoint, architecture, history."""
+    model_params = parse_params(ModelParams, model, "model")
+    search_params = parse_params(SearchParams, search, "search")
+    sample_params = parse_params(SampleParams, sample, "sample")
+    spec = keypoint_spec_from_dict(train_samples["keypoint_spec"], source="train_samples")
+    supernet = build_supernet(spec, model_params)
+    report = size_report(supernet, sample_params.input_size)
+    logger.info(
+        "supernet: %.2f M parameters, %.3f G MACs at %s",
+        report["parameters_M"],
+        report["gmacs"],
+        sample_params.input_size,
+    )
+    log_metrics({"supernet_parameters_M": report["parameters_M"], "supernet_gmacs": report["gmacs"]})
+    strategy_config = StrategyConfig(**search_params.strategy.model_dump())
+    trainer = Trainer(
+        supernet,
+        TopDownDataset(
+            train_samples,
+            sample_params,
+            parse_params(AugmentationParams, augmentation, "augmentation"),
+            seed=search_params.trainer.seed,
+        ),
+        TopDownDataset(val_samples, sample_params, None),
+        TrainConfig(**search_params.trainer.model_dump()),
+        strategy_factory=lambda m, epochs: SearchStrategy(m, strategy_config, epochs),
+        checkpoint_path=search_params.checkpoint_path,
+        run_config={
+            "model": model_params.model_dump(mode="json"),
+            "sample": sample_params.model_dump(mode="json"),
+            "keypoint_spec": train_samples["keypoint_spec"],
+            "search": search_params.model_dump(mode="json"),
+        },
+        on_epoch_end=epoch_logger("search_"),
+    )
+    result = trainer.fit(resume=search_params.resume)
+    architecture = supernet.architecture_summary(strategy_config.name)
+    architecture["size"] = report
+    if result.extra.get("finalize"):
+        architecture["random_search"] = result.extra["finalize"]
+    return result.final_state, architecture, result.history
+
+
+def plot_architecture(search_history: list[dict[str, Any]], architecture_parameters: dict[str, Any]) -> Figure:
+    return plot_architecture_history(search_history, architecture_parameters)

@@ -1,0 +1,61 @@
+import json
+
+import pytest
+
+from pnfs_pipeline.data.records import BadInputError
+from tests.pipelines.conftest import run_pipeline
+
+
+def test_prepare_writes_indexes_report_and_preview(kedro_project):
+    run_pipeline(kedro_project, "prepare")
+    data = kedro_project / "data"
+    train = json.loads((data / "05_model_input" / "train_samples.json").read_text())
+    summary = json.loads((data / "08_reporting" / "data_summary.json").read_text())
+    assert train["num_samples"] == summary["train"]["num_samples"] > 0
+    assert summary["val_detections"]["num_samples"] > 0
+    assert (data / "08_reporting" / "sample_preview.png").stat().st_size > 10_000
+    report = json.loads((data / "08_reporting" / "validation_report.json").read_text())
+    assert report["num_bad_records"] == 0
+
+    # A second run with the same parameters does not regenerate the synthetic images.
+    image = next((data / "01_raw" / "synthetic" / "images" / "train2017").glob("*.jpg"))
+    stamp = image.stat().st_mtime_ns
+    run_pipeline(kedro_project, "prepare")
+    assert image.stat().st_mtime_ns == stamp
+
+
+def test_bad_record_in_fail_mode_stops_and_keeps_earlier_outputs(kedro_project):
+    run_pipeline(kedro_project, "prepare")
+    train_index = kedro_project / "data" / "05_model_input" / "train_samples.json"
+    before = train_index.read_bytes()
+    annotations = kedro_project / "data" / "01_raw" / "synthetic" / "annotations" / "person_keypoints_train2017.json"
+    content = json.loads(annotations.read_text())
+    content["annotations"][0]["keypoints"] = content["annotations"][0]["keypoints"][:-3]
+    # Break the manifest's check so the edit survives (a user's own dataset would not be regenerated).
+    annotations.write_text(json.dumps(content))
+    source = {"data.source": "coco", "data.root": "data/01_raw/synthetic", "data.on_bad_record": "fail"}
+    with pytest.raises(BadInputError, match=r"person_keypoints_train2017.json \[record \d+\]: wrong keypoint count"):
+        run_pipeline(kedro_project, "prepare", source)
+    assert train_index.read_bytes() == before
+    # In skip mode the record is reported and the run goes on.
+    run_pipeline(kedro_project, "prepare", {**source, "data.on_bad_record": "skip"})
+    report = json.loads((kedro_project / "data" / "08_reporting" / "validation_report.json").read_text())
+    assert report["num_bad_records"] == 1 and "wrong keypoint count" in report["records"][0]["reason"]
+
+
+def test_mpii_variant_runs_through_prepare(kedro_project):
+    run_pipeline(
+        kedro_project,
+        "prepare",
+        {"data.source": "synthetic_mpii", "data.keypoint_spec": "mpii", "sample.input_size": [64, 64], "sample.heatmap_size": [16, 16]},
+    )
+    val = json.loads((kedro_project / "data" / "05_model_input" / "val_samples.json").read_text())
+    assert val["keypoint_spec"]["name"] == "mpii" and len(val["samples"][0]["keypoints"]) == 16
+    assert "head_box" in val["samples"][0]
+
+
+def test_unknown_parameter_fails_naming_it(kedro_project):
+    from pnfs_pipeline.config import ParameterError
+
+    with pytest.raises(ParameterError, match=r"parameter 'sample.sigmaa': Extra inputs are not permitted"):
+        run_pipeline(kedro_project, "prepare", {"sample.sigmaa": 3})
