@@ -201,6 +201,27 @@ class PartSupernet(nn.Module):
             active_ops=[None] * len(self.part_names),
         )
 
+    def network_description(self) -> dict:
+        """What a genotype needs besides the architecture to rebuild the network."""
+        fabric = self.parts[0].fabric
+        return {
+            "backbone": getattr(self, "backbone_name", type(self.backbone).__name__),
+            "backbone_kwargs": dict(getattr(self, "backbone_kwargs", {})),
+            "channels": list(self.fabric_config.channels),
+            "depth": self.fabric_config.depth,
+            "cut_layers_num": self.fabric_config.cut_layers_num,
+            "input_count": fabric.input_count,
+            "num_keypoints": self.num_keypoints,
+            "hidden_states_num": self.fabric_config.hidden_states_num,
+            "input_nodes_num": self.fabric_config.input_nodes_num,
+            "head": {
+                "vector_in_pixel": self.head_config.vector_in_pixel,
+                "vector_dim": self.head_config.vector_dim,
+                "convolution_mode": self.head_config.convolution_mode,
+                "combine": self.head_config.combine,
+            },
+        }
+
     def architecture_summary(self, strategy: str) -> dict:
         """Readable architecture parameters: logits and softmax per part, with cell and op names."""
         parts = {}
@@ -250,4 +271,7 @@ def build_supernet(spec, model) -> PartSupernet:
     )
     fabric = FabricConfig(**model.fabric.model_dump())
     head = HeadConfig(**model.head.model_dump())
-    return PartSupernet(backbone, spec.body_parts(model.num_parts), spec.num_keypoints, fabric, head)
+    supernet = PartSupernet(backbone, spec.body_parts(model.num_parts), spec.num_keypoints, fabric, head)
+    supernet.backbone_name = model.backbone
+    supernet.backbone_kwargs = dict(model.backbone_kwargs)
+    return supernet

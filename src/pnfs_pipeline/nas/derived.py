@@ -1,0 +1,224 @@
+"""The derived network: built from a genotype alone, with only the kept cells, inputs and ops.
+
+Mixing in the supernet is scaled (3 x the beta-weighted input sum, n_ops x the alpha-weighted op
+sum) so that uniform weights give plain sums. The derived network keeps those constant scales, so a
+genotype taken from one-hot architecture parameters computes exactly what the supernet computed,
+and inherited weights start where the search left them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pnfs_pipeline.nas.backbones import build_backbone
+from pnfs_pipeline.nas.cell import NUM_SLOTS
+from pnfs_pipeline.nas.genotype import GridShape, kept_sources, parse_cell_name, validate_genotype
+from pnfs_pipeline.nas.ops import UpsampleConnect, build_connection, build_op, canonical_op_name
+from pnfs_pipeline.nas.supernet import HeadConfig, PartHead
+
+
+class DerivedEdge(nn.Module):
+    def __init__(self, channels: int, edge: str | dict[str, float], num_candidate_ops: int) -> None:
+        super().__init__()
+        entries = edge if isinstance(edge, dict) else {edge: 1.0}
+        self.op_names = [canonical_op_name(o) for o in entries if canonical_op_name(o) != "zero"]
+        self.weights = [float(w) for o, w in entries.items() if canonical_op_name(o) != "zero"]
+        self.ops = nn.ModuleList(build_op(o, channels) for o in self.op_names)
+        self.scale = float(num_candidate_ops)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.ops:
+            return torch.zeros_like(x)
+        total = None
+        for weight, op in zip(self.weights, self.ops, strict=True):
+            term = op(x) * (weight * self.scale)
+            total = term if total is None else total + term
+        return total
+
+
+class DerivedCell(nn.Module):
+    def __init__(
+        self,
+        scale: int,
+        sources: dict[int, float],
+        channels: list[int],
+        edges: list,
+        hidden_states: int,
+        input_nodes: int,
+        num_candidate_ops: int,
+    ) -> None:
+        super().__init__()
+        self.scale = scale
+        self.source_scales = list(sources)
+        self.source_weights = [sources[s] * NUM_SLOTS for s in self.source_scales]
+        self.connections = nn.ModuleDict(
+            {str(s): build_connection(s, scale, channels) for s in self.source_scales}
+        )
+        self.hidden_states = hidden_states
+        self.input_nodes = input_nodes
+        c = channels[scale]
+        self.edges = nn.ModuleList(DerivedEdge(c, e, num_candidate_ops) for e in edges)
+        self.channel_keep = nn.Conv2d(c * hidden_states, c, 1)
+
+    def forward(self, previous: dict[int, torch.Tensor]) -> torch.Tensor:
+        target_size = None
+        connected = {}
+        for s in self.source_scales:
+            module = self.connections[str(s)]
+            if not isinstance(module, UpsampleConnect):
+                connected[s] = module(previous[s])
+                target_size = connected[s].shape[-2:]
+        for s in self.source_scales:
+            if s not in connected:
+                connected[s] = self.connections[str(s)](previous[s], target_size)
+        node = F.relu(sum(w * connected[s] for w, s in zip(self.source_weights, self.source_scales, strict=True)))
+        states = [node]
+        if self.input_nodes == 2:
+            states.append(connected.get(self.scale, node))
+        edge = 0
+        for _ in range(self.hidden_states):
+            hidden = None
+            for state in states:
+                term = self.edges[edge](state)
+                hidden = term if hidden is None else hidden + term
+                edge += 1
+            states.append(hidden)
+        out = torch.cat(states[-self.hidden_states :], dim=1) if self.hidden_states > 1 else states[-1]
+        return self.channel_keep(out)
+
+
+class DerivedPart(nn.Module):
+    """Adapters for the backbone scales the part reads, its kept cells, and its head."""
+
+    def __init__(self, genotype: dict[str, Any], part: str, backbone_channels: list[int]) -> None:
+        super().__init__()
+        network = genotype["network"]
+        channels = network["channels"]
+        info = genotype["parts"][part]
+        self.keypoints = tuple(info["keypoints"])
+        self.cut_layers = network["cut_layers_num"]
+        self.order = list(info["cells"])
+        self.cells = nn.ModuleDict()
+        first_layer_sources: set[int] = set()
+        for name in self.order:
+            layer, scale = parse_cell_name(name)
+            sources = kept_sources(genotype, part, name)
+            if layer == self.cut_layers:
+                first_layer_sources.update(sources)
+            self.cells[name] = DerivedCell(
+                scale,
+                sources,
+                channels,
+                info["cells"][name]["ops"],
+                network["hidden_states_num"],
+                network["input_nodes_num"],
+                network["num_candidate_ops"],
+            )
+        self.used_features = sorted(first_layer_sources)
+        adapt = backbone_channels != channels[: len(backbone_channels)]
+        self.adapters = nn.ModuleDict(
+            {
+                str(s): nn.Conv2d(backbone_channels[s], channels[s], 1) if adapt else nn.Identity()
+                for s in self.used_features
+            }
+        )
+        self.head = PartHead(channels[0], len(self.keypoints), HeadConfig(**network["head"]))
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        outputs: dict[tuple[int, int], torch.Tensor] = {
+            (self.cut_layers - 1, s): self.adapters[str(s)](features[s]) for s in self.used_features
+        }
+        last = None
+        for name in self.order:
+            layer, scale = parse_cell_name(name)
+            cell = self.cells[name]
+            previous = {s: outputs[(layer - 1, s)] for s in cell.source_scales}
+            last = outputs[(layer, scale)] = cell(previous)
+        return self.head(last)
+
+
+class DerivedNetwork(nn.Module):
+    """Backbone + one derived fabric per part; returns (N, K, H/4, W/4) heatmaps."""
+
+    def __init__(self, genotype: dict[str, Any], backbone: nn.Module | None = None) -> None:
+        super().__init__()
+        validate_genotype(genotype)
+        network = genotype["network"]
+        self.genotype = genotype
+        self.backbone = backbone if backbone is not None else build_backbone(
+            network["backbone"], **network.get("backbone_kwargs", {})
+        )
+        self.part_names = list(genotype["parts"])
+        self.parts = nn.ModuleList(DerivedPart(genotype, p, self.backbone.channels) for p in self.part_names)
+        self.num_keypoints = network["num_keypoints"]
+        self.combine = network["head"].get("combine", "sum")
+        counts = torch.zeros(self.num_keypoints)
+        for part in self.parts:
+            counts[list(part.keypoints)] += 1
+        self.register_buffer("part_counts", counts, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.backbone(x)
+        heatmaps = None
+        for part in self.parts:
+            out = part(features)
+            if heatmaps is None:
+                n, _, h, w = out.shape
+                heatmaps = out.new_zeros(n, self.num_keypoints, h, w)
+            heatmaps = heatmaps.index_add(1, torch.tensor(part.keypoints, device=out.device), out)
+        if self.combine == "mean":
+            heatmaps = heatmaps / self.part_counts.to(heatmaps)[None, :, None, None]
+        return heatmaps
+
+
+def inherit_supernet_weights(derived: DerivedNetwork, supernet_state: dict[str, torch.Tensor]) -> int:
+    """Copy the supernet weights of every kept module into ``derived``; returns tensors copied."""
+    genotype = derived.genotype
+    network = genotype["network"]
+    grid = GridShape(network["depth"], len(network["channels"]), network["cut_layers_num"], network["input_count"])
+    mapping: dict[str, str] = {}
+    own = derived.state_dict()
+    for key in own:
+        if key.startswith("backbone."):
+            mapping[key] = key
+    for p, part in enumerate(derived.parts):
+        prefix = f"parts.{p}."
+        for key in own:
+            if key.startswith(f"{prefix}adapters."):
+                mapping[key] = key  # adapters are indexed by backbone scale in both networks
+        for name in part.order:
+            layer, scale = parse_cell_name(name)
+            supernet_sources = list(dict.fromkeys(grid.sources(layer, scale)))
+            cell = part.cells[name]
+            cell_key, source_cell = f"{prefix}cells.{name}.", f"{prefix}fabric.cells.{name}."
+            for key in own:
+                if not key.startswith(cell_key):
+                    continue
+                rest = key[len(cell_key) :]
+                if rest.startswith("connections."):
+                    source, tail = rest[len("connections.") :].split(".", 1)
+                    index = supernet_sources.index(int(source))
+                    mapping[key] = f"{source_cell}connections.{index}.{tail}"
+                elif rest.startswith("edges."):
+                    edge, _, op_index, tail = rest[len("edges.") :].split(".", 3)
+                    op_name = cell.edges[int(edge)].op_names[int(op_index)]
+                    candidates = [canonical_op_name(o) for o in genotype["provenance"]["operators"]]
+                    mapping[key] = f"{source_cell}edges.{edge}.ops.{candidates.index(op_name)}.{tail}"
+                else:
+                    mapping[key] = source_cell + rest
+        for key in own:
+            if key.startswith(f"{prefix}head."):
+                mapping[key] = key
+    copied = {}
+    for key, source in mapping.items():
+        if source not in supernet_state:
+            raise KeyError(f"supernet checkpoint has no tensor {source!r} for derived {key!r}")
+        if supernet_state[source].shape != own[key].shape:
+            raise ValueError(f"shape mismatch inheriting {key!r} from {source!r}")
+        copied[key] = supernet_state[source]
+    derived.load_state_dict(copied, strict=False)
+    return len(copied)

@@ -1,0 +1,172 @@
+import itertools
+import re
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from pnfs_pipeline.nas.backbones import build_backbone
+from pnfs_pipeline.nas.derived import DerivedNetwork, inherit_supernet_weights
+from pnfs_pipeline.nas.fabric import fabric_layer_sizes
+from pnfs_pipeline.nas.genotype import (
+    GenotypeError,
+    GridShape,
+    derive_genotype,
+    most_probable_path,
+    source_weights,
+    validate_genotype,
+)
+from pnfs_pipeline.nas.profile import count_macs, count_parameters
+from pnfs_pipeline.nas.supernet import ArchitectureWeights, FabricConfig, HeadConfig, PartSupernet
+
+PARTS = {"upper": (0, 1), "lower": (2, 3)}
+OPERATORS = ("zero", "skip_connect", "sep_conv_3x3", "atr_conv_3x3")
+
+
+def supernet(share_alpha=False, depth=5, cut=2) -> PartSupernet:
+    torch.manual_seed(0)
+    model = PartSupernet(
+        build_backbone("tiny", width=4),
+        PARTS,
+        4,
+        FabricConfig(operators=OPERATORS, depth=depth, cut_layers_num=cut, factor=1, share_alpha=share_alpha),
+        HeadConfig(vector_in_pixel=True, vector_dim=2),
+    )
+    model.backbone_name, model.backbone_kwargs = "tiny", {"width": 4}
+    return model
+
+
+def brute_force_best_path_probability(grid: GridShape, betas) -> float:
+    """Enumerate every path from a backbone map to the output cell."""
+    best = 0.0
+    layers = list(range(grid.cut_layers, grid.depth))
+    scales_per_layer = [range(grid.layer_sizes[j]) for j in layers[:-1]]
+    for scales in itertools.product(*scales_per_layer):
+        cells = [*zip(layers[:-1], scales, strict=True), grid.output]
+        probability = 1.0
+        for index, (layer, scale) in enumerate(cells):
+            weights = source_weights(betas[(layer, scale)], grid.sources(layer, scale))
+            if index == 0:
+                probability *= max(weights.values())
+                continue
+            previous_scale = cells[index - 1][1]
+            probability *= weights.get(previous_scale, 0.0)
+        best = max(best, probability)
+    return best
+
+
+@pytest.mark.parametrize(("depth", "cut", "seed"), [(4, 1, 0), (5, 2, 1), (6, 3, 2), (7, 1, 3), (8, 2, 4)])
+def test_path_rule_equals_brute_force(depth, cut, seed):
+    grid = GridShape(depth, 4, cut, input_count=fabric_layer_sizes(depth, 4)[cut - 1])
+    rng = np.random.default_rng(seed)
+    betas = {p: rng.dirichlet(np.ones(3)) for p in grid.positions()}
+    path = most_probable_path(grid, betas)
+    assert path[-1] == grid.output and [p[0] for p in path] == list(range(cut, depth))
+    probability = max(source_weights(betas[path[0]], grid.sources(*path[0])).values())
+    for earlier, later in zip(path[:-1], path[1:], strict=True):
+        probability *= source_weights(betas[later], grid.sources(*later))[earlier[1]]
+    assert probability == pytest.approx(brute_force_best_path_probability(grid, betas), rel=1e-12)
+
+
+def one_hot_architecture(model: PartSupernet, seed: int = 0):
+    """Exactly one-hot alphas (never Zero) and betas, as summary dict and as supernet weights."""
+    rng = np.random.default_rng(seed)
+    summary = model.architecture_summary("sync")
+    alphas, betas = [], []
+    for i, part in enumerate(model.part_names):
+        cells = model.parts[i].fabric.num_cells
+        alpha = np.zeros((cells, 1, len(OPERATORS)))
+        alpha[np.arange(cells), 0, rng.integers(1, len(OPERATORS), cells)] = 1.0
+        beta = np.zeros((cells, 3))
+        beta[np.arange(cells), rng.integers(0, 3, cells)] = 1.0
+        summary["parts"][part]["alpha"], summary["parts"][part]["beta"] = alpha.tolist(), beta.tolist()
+        alphas.append(torch.tensor(alpha, dtype=torch.float32))
+        betas.append(torch.tensor(beta, dtype=torch.float32))
+    return summary, ArchitectureWeights(alphas, betas, [None] * len(alphas))
+
+
+@pytest.mark.parametrize("rule", ["top1", "path", "threshold"])
+def test_one_hot_derived_network_with_inherited_weights_equals_the_supernet(rule):
+    model = supernet().eval()
+    summary, weights = one_hot_architecture(model)
+    genotype = derive_genotype(summary, model.network_description(), rule=rule, threshold=0.5)
+    derived = DerivedNetwork(genotype).eval()
+    assert inherit_supernet_weights(derived, model.state_dict()) == len(derived.state_dict())
+    x = torch.randn(2, 3, 64, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(derived(x), model(x, weights), rtol=1e-5, atol=1e-6)
+
+
+def test_derived_network_is_smaller_than_the_supernet():
+    model = supernet(share_alpha=True)
+    summary = model.architecture_summary("sync")
+    genotype = derive_genotype(summary, model.network_description(), rule="path")
+    derived = DerivedNetwork(genotype)
+    assert count_parameters(derived) < count_parameters(model)
+    assert count_macs(derived, (48, 64)) < count_macs(model, (48, 64))
+    assert derived(torch.randn(1, 3, 64, 48)).shape == (1, 4, 16, 12)
+
+
+def test_original_prune_keeps_everything_a_softmax_does_not_zero():
+    model = supernet(share_alpha=True)
+    summary = model.architecture_summary("sync")
+    genotype = derive_genotype(summary, model.network_description(), rule="original")
+    cells = genotype["parts"]["upper"]["cells"]
+    assert len(cells) == model.parts[0].fabric.num_cells  # nothing removed at uniform weights
+    assert set(next(iter(cells.values()))["ops"][0]) == {"skip_connect", "sep_conv_3x3", "atr_conv_3x3"}
+    derived = DerivedNetwork(genotype).eval()
+    inherit_supernet_weights(derived, model.state_dict())
+    x = torch.randn(1, 3, 64, 48)
+    with torch.no_grad():  # uniform weights, all kept: the same function as the supernet
+        torch.testing.assert_close(derived(x), model.eval()(x), rtol=1e-5, atol=1e-6)
+
+
+def test_genotype_yaml_round_trips(tmp_path):
+    model = supernet()
+    genotype = derive_genotype(model.architecture_summary("darts1"), model.network_description(), rule="top1")
+    path = tmp_path / "genotype.yml"
+    path.write_text(yaml.safe_dump(genotype, sort_keys=False))
+    again = validate_genotype(yaml.safe_load(path.read_text()))
+    assert again == genotype
+    torch.manual_seed(1)
+    first = DerivedNetwork(genotype)
+    torch.manual_seed(1)
+    second = DerivedNetwork(again)
+    assert count_parameters(first) == count_parameters(second)
+
+
+def _genotype():
+    model = supernet()
+    return derive_genotype(model.architecture_summary("sync"), model.network_description(), rule="top1")
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (lambda g: g.update(format="darts"), "format"),
+        (lambda g: g["network"].pop("depth"), "network.depth"),
+        (lambda g: g["parts"]["upper"].update(keypoints=[0, 9]), "parts.upper.keypoints"),
+        (lambda g: g["parts"]["upper"]["cells"].pop("cell_4_0"), "must contain the output cell cell_4_0"),
+        (lambda g: next(iter(g["parts"]["upper"]["cells"].values())).update(ops=["conv_9x9"]), "unknown operator 'conv_9x9'"),
+        (lambda g: next(iter(g["parts"]["upper"]["cells"].values())).update(inputs={"sideways": 1.0}), "unknown slot 'sideways'"),
+        (lambda g: g["parts"]["upper"]["cells"].update(cell_9_9={"inputs": {"parallel": 1.0}, "ops": ["skip_connect"]}), "cells.cell_9_9': no such cell"),
+        (lambda g: g["parts"].pop("lower"), "keypoint(s) [2, 3] belong to no part"),
+    ],
+)
+def test_malformed_genotypes_are_rejected_naming_the_field(change, field):
+    genotype = _genotype()
+    change(genotype)
+    with pytest.raises(GenotypeError, match=re.escape(field)):
+        validate_genotype(genotype)
+
+
+def test_a_cell_reading_a_removed_cell_is_rejected():
+    genotype = _genotype()
+    cells = genotype["parts"]["upper"]["cells"]
+    output = cells.pop("cell_4_0")
+    for name in [n for n in cells if n.startswith("cell_3_")]:
+        cells.pop(name)
+    cells["cell_4_0"] = output
+    with pytest.raises(GenotypeError, match="which is not a kept cell listed before it"):
+        validate_genotype(genotype)
