@@ -236,3 +236,17 @@ class SearchParams(StrictModel):
     trainer: TrainerParams = TrainerParams()
     resume: bool = False
     checkpoint_path: str = "data/06_models/search_last.pt"
+
+
+class DeriveParams(StrictModel):
+    rule: Literal["threshold", "path", "top1", "original"] = "path"
+    threshold: float = Field(0.3, gt=0.0, le=1.0)
+    latency_repeats: int = Field(10, ge=1)
+    latency_threads: int | None = Field(None, ge=1)
+
+
+class RetrainParams(StrictModel):
+    init: Literal["inherit", "scratch"] = "inherit"
+    trainer: TrainerParams = TrainerParams()
+    resume: bool = False
+    checkpoint_path: str = "data/06_models/retrain_last.pt"

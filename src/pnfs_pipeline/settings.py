@@ -8,3 +8,7 @@ CONFIG_LOADER_ARGS = {
     # Environment folders (conf/coco, conf/mpii) override only the keys they set.
     "merge_strategy": {"parameters": "soft"},
 }
+
+from pnfs_pipeline.hooks import UpstreamCheckHooks  # noqa: E402
+
+HOOKS = (UpstreamCheckHooks(),)

@@ -175,8 +175,20 @@ class DerivedNetwork(nn.Module):
         return heatmaps
 
 
-def inherit_supernet_weights(derived: DerivedNetwork, supernet_state: dict[str, torch.Tensor]) -> int:
-    """Copy the supernet weights of every kept module into ``derived``; returns tensors copied."""
+def inherit_supernet_weights(
+    derived: DerivedNetwork,
+    supernet_state: dict[str, torch.Tensor],
+    supernet_part_names: list[str] | None = None,
+) -> int:
+    """Copy the supernet weights of every kept module into ``derived``; returns tensors copied.
+
+    Parts are matched by name: ``supernet_part_names`` is the supernet's part order (by default
+    the genotype's order).
+    """
+    order = list(supernet_part_names) if supernet_part_names is not None else derived.part_names
+    missing = [p for p in derived.part_names if p not in order]
+    if missing:
+        raise KeyError(f"the supernet has no part(s) {missing}; its parts: {order}")
     genotype = derived.genotype
     network = genotype["network"]
     grid = GridShape(network["depth"], len(network["channels"]), network["cut_layers_num"], network["input_count"])
@@ -187,14 +199,16 @@ def inherit_supernet_weights(derived: DerivedNetwork, supernet_state: dict[str, 
             mapping[key] = key
     for p, part in enumerate(derived.parts):
         prefix = f"parts.{p}."
+        source_prefix = f"parts.{order.index(derived.part_names[p])}."
         for key in own:
             if key.startswith(f"{prefix}adapters."):
-                mapping[key] = key  # adapters are indexed by backbone scale in both networks
+                # Adapters are indexed by backbone scale in both networks.
+                mapping[key] = source_prefix + key[len(prefix) :]
         for name in part.order:
             layer, scale = parse_cell_name(name)
             supernet_sources = list(dict.fromkeys(grid.sources(layer, scale)))
             cell = part.cells[name]
-            cell_key, source_cell = f"{prefix}cells.{name}.", f"{prefix}fabric.cells.{name}."
+            cell_key, source_cell = f"{prefix}cells.{name}.", f"{source_prefix}fabric.cells.{name}."
             for key in own:
                 if not key.startswith(cell_key):
                     continue
@@ -212,7 +226,7 @@ def inherit_supernet_weights(derived: DerivedNetwork, supernet_state: dict[str, 
                     mapping[key] = source_cell + rest
         for key in own:
             if key.startswith(f"{prefix}head."):
-                mapping[key] = key
+                mapping[key] = source_prefix + key[len(prefix) :]
     copied = {}
     for key, source in mapping.items():
         if source not in supernet_state:

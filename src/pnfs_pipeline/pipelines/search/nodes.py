@@ -66,15 +66,33 @@ def search_architecture(
             "sample": sample_params.model_dump(mode="json"),
             "keypoint_spec": train_samples["keypoint_spec"],
             "search": search_params.model_dump(mode="json"),
+            "part_names": list(supernet.part_names),
         },
         on_epoch_end=epoch_logger("search_"),
     )
     result = trainer.fit(resume=search_params.resume)
     architecture = supernet.architecture_summary(strategy_config.name)
+    architecture["network"] = supernet.network_description()
+    architecture["model"] = model_params.model_dump(mode="json")
     architecture["size"] = report
+    architecture["provenance"] = search_provenance(len(result.history))
     if result.extra.get("finalize"):
         architecture["random_search"] = result.extra["finalize"]
     return result.final_state, architecture, result.history
+
+
+def search_provenance(epochs: int) -> dict[str, Any]:
+    """When and where this search ran, for the genotype's provenance."""
+    import datetime
+
+    import mlflow
+
+    run = mlflow.active_run()
+    return {
+        "finished_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "epochs": epochs,
+        "mlflow_run_id": run.info.run_id if run else None,
+    }
 
 
 def plot_architecture(search_history: list[dict[str, Any]], architecture_parameters: dict[str, Any]) -> Figure:

@@ -1,0 +1,60 @@
+"""Project hooks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kedro.framework.hooks import hook_impl
+from kedro.pipeline import Pipeline
+
+from pnfs_pipeline.pipeline_registry import LIFECYCLE
+
+
+def lifecycle_pipelines() -> dict[str, Pipeline]:
+    """Every lifecycle pipeline, built directly (Kedro loads only the requested ones)."""
+    import importlib
+
+    built = {}
+    for stage in LIFECYCLE:
+        try:
+            module = importlib.import_module(f"pnfs_pipeline.pipelines.{stage}.pipeline")
+        except ModuleNotFoundError:
+            continue
+        built[stage] = module.create_pipeline()
+    return built
+
+
+class MissingUpstreamError(RuntimeError):
+    """A pipeline was run before the pipeline that produces its inputs."""
+
+
+class UpstreamCheckHooks:
+    """Fail at once, in one line naming the command to run first, when inputs do not exist yet.
+
+    Without this a pipeline run out of order fails deep inside dataset loading with a message
+    about a missing file rather than about the missing step.
+    """
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Pipeline, catalog: Any) -> None:
+        missing = [
+            name
+            for name in sorted(pipeline.inputs())
+            if not name.startswith("params:") and name != "parameters" and not catalog.exists(name)
+        ]
+        if not missing:
+            return
+        registered = lifecycle_pipelines()
+        producers = []
+        for name in missing:
+            producer = next(
+                (stage for stage in LIFECYCLE if stage in registered and name in registered[stage].all_outputs()),
+                None,
+            )
+            producers.append((LIFECYCLE.index(producer) if producer else -1, producer, name))
+        rank, producer, dataset = max(producers)
+        if producer is None:
+            raise MissingUpstreamError(f"input '{dataset}' does not exist and no pipeline produces it")
+        raise MissingUpstreamError(
+            f"'{dataset}' does not exist yet: run `kedro run --pipeline={producer}` first"
+        )

@@ -1,0 +1,68 @@
+"""Nodes of the ``retrain`` pipeline."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pnfs_pipeline.config import (
+    AugmentationParams,
+    ModelParams,
+    RetrainParams,
+    SampleParams,
+    parse_params,
+)
+from pnfs_pipeline.data.dataset import TopDownDataset
+from pnfs_pipeline.engine.trainer import TrainConfig, Trainer
+from pnfs_pipeline.nas.backbones import load_pretrained
+from pnfs_pipeline.nas.derived import DerivedNetwork, inherit_supernet_weights
+from pnfs_pipeline.nas.profile import count_parameters
+from pnfs_pipeline.pipelines.tracking import epoch_logger
+
+logger = logging.getLogger(__name__)
+
+
+def retrain_network(
+    genotype: dict[str, Any],
+    supernet_checkpoint: dict[str, Any],
+    train_samples: dict[str, Any],
+    val_samples: dict[str, Any],
+    retrain: dict[str, Any],
+    model: dict[str, Any],
+    sample: dict[str, Any],
+    augmentation: dict[str, Any],
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Train the derived network (inheriting the supernet's weights, or from scratch)."""
+    params = parse_params(RetrainParams, retrain, "retrain")
+    model_params = parse_params(ModelParams, model, "model")
+    sample_params = parse_params(SampleParams, sample, "sample")
+    network = DerivedNetwork(genotype)
+    if params.init == "inherit":
+        copied = inherit_supernet_weights(
+            network, supernet_checkpoint["model"], supernet_checkpoint["config"].get("part_names")
+        )
+        logger.info("derived network inherits %d tensors from the supernet", copied)
+    elif model_params.pretrained_backbone:
+        load_pretrained(network.backbone, model_params.pretrained_backbone)
+    logger.info("derived network: %.2f M parameters", count_parameters(network) / 1e6)
+    trainer = Trainer(
+        network,
+        TopDownDataset(
+            train_samples,
+            sample_params,
+            parse_params(AugmentationParams, augmentation, "augmentation"),
+            seed=params.trainer.seed,
+        ),
+        TopDownDataset(val_samples, sample_params, None),
+        TrainConfig(**params.trainer.model_dump()),
+        checkpoint_path=params.checkpoint_path,
+        run_config={
+            "genotype": genotype,
+            "sample": sample_params.model_dump(mode="json"),
+            "keypoint_spec": train_samples["keypoint_spec"],
+            "retrain": params.model_dump(mode="json"),
+        },
+        on_epoch_end=epoch_logger("retrain_"),
+    )
+    result = trainer.fit(resume=params.resume)
+    return result.final_state, result.history

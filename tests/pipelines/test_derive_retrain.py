@@ -1,0 +1,37 @@
+import json
+
+import pytest
+import yaml
+
+from pnfs_pipeline.engine.checkpoint import load_checkpoint
+from pnfs_pipeline.hooks import MissingUpstreamError
+from pnfs_pipeline.nas.genotype import validate_genotype
+from tests.pipelines.conftest import run_pipeline
+
+
+def test_derive_and_retrain_after_search(kedro_project):
+    run_pipeline(kedro_project, "search", {"search.strategy.name": "gumbel"})
+    params = {"derive.rule": "threshold", "derive.latency_repeats": 2, "retrain.trainer.epochs": 1}
+    run_pipeline(kedro_project, "derive", params)
+    data = kedro_project / "data"
+    genotype_file = next((data / "07_model_output" / "genotype.yml").glob("*/genotype.yml"))
+    genotype = validate_genotype(yaml.safe_load(genotype_file.read_text()))
+    assert genotype["provenance"]["strategy"] == "gumbel" and genotype["provenance"]["rule"] == "threshold"
+    sizes = json.loads((data / "08_reporting" / "size_report.json").read_text())
+    assert sizes["derived"]["parameters"] < sizes["supernet"]["parameters"]
+    assert sizes["derived"]["macs"] < sizes["supernet"]["macs"]
+    assert sizes["derived"]["latency_ms"] > 0
+    assert (data / "08_reporting" / "fabric_diagram.png").stat().st_size > 10_000
+    assert "cell_" in (data / "08_reporting" / "genotype_summary.txt").read_text()
+
+    run_pipeline(kedro_project, "retrain", params)
+    checkpoint = load_checkpoint(next((data / "06_models" / "retrained.pt").glob("*/retrained.pt")))
+    assert checkpoint["config"]["genotype"]["parts"].keys() == genotype["parts"].keys()
+    history = json.loads((data / "08_reporting" / "retrain_history.json").read_text())
+    assert len(history) == 1 and history[0]["val_loss"] > 0
+
+
+@pytest.mark.parametrize(("pipeline", "command"), [("derive", "search"), ("retrain", "search")])
+def test_running_too_early_names_the_command_to_run_first(kedro_project, pipeline, command):
+    with pytest.raises(MissingUpstreamError, match=rf"run `kedro run --pipeline={command}` first"):
+        run_pipeline(kedro_project, pipeline)
