@@ -250,3 +250,17 @@ class RetrainParams(StrictModel):
     trainer: TrainerParams = TrainerParams()
     resume: bool = False
     checkpoint_path: str = "data/06_models/retrain_last.pt"
+
+
+class EvaluateParams(StrictModel):
+    checkpoint: str | None = None  # any checkpoint file; null scores the retrained model
+    boxes: Literal["ground_truth", "detections"] = "ground_truth"
+    flip_test: bool = True
+    decode: Literal["argmax", "dark"] = "argmax"
+    batch_size: int = Field(32, ge=1)
+    vis_threshold: float = Field(0.2, ge=0.0, le=1.0)
+    nms: Literal["oks", "soft", "none"] = "oks"
+    nms_threshold: float = Field(0.9, gt=0.0, le=1.0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_overlays: int = Field(6, ge=0, le=64)
+    seed: int = 0

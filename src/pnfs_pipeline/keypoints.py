@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 SHIPPED_SPECS_DIR = Path(__file__).parent / "keypoint_specs"
 
 _REQUIRED_FIELDS = ("name", "keypoints", "flip_pairs", "sigmas", "skeleton", "parts")
-_OPTIONAL_FIELDS = ("joint_weights", "upper_body", "pckh_groups")
+_OPTIONAL_FIELDS = ("joint_weights", "upper_body", "pckh_groups", "pckh_mean_excludes")
 
 
 class KeypointSpecError(ValueError):
@@ -41,6 +41,7 @@ class KeypointSpec:
     joint_weights: tuple[float, ...]
     upper_body: tuple[int, ...]
     pckh_groups: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    pckh_mean_excludes: tuple[int, ...] = ()
     source: str = "<memory>"
 
     @property
@@ -88,6 +89,7 @@ class KeypointSpec:
             "upper_body": [names[i] for i in self.upper_body],
             "skeleton": [[names[a], names[b]] for a, b in self.skeleton],
             "pckh_groups": {g: [names[i] for i in idx] for g, idx in self.pckh_groups.items()},
+            "pckh_mean_excludes": [names[i] for i in self.pckh_mean_excludes],
             "parts": {
                 n: {part: [names[i] for i in idx] for part, idx in groups.items()}
                 for n, groups in self.parts.items()
@@ -204,6 +206,11 @@ def keypoint_spec_from_dict(data: dict[str, Any], source: str = "<memory>") -> K
         str(group): _resolve_names(source, f"pckh_groups.{group}", names, keypoints)
         for group, names in (data.get("pckh_groups") or {}).items()
     }
+    pckh_mean_excludes = (
+        _resolve_names(source, "pckh_mean_excludes", data["pckh_mean_excludes"], keypoints)
+        if data.get("pckh_mean_excludes")
+        else ()
+    )
     return KeypointSpec(
         name=str(data["name"]),
         keypoints=keypoints,
@@ -214,6 +221,7 @@ def keypoint_spec_from_dict(data: dict[str, Any], source: str = "<memory>") -> K
         joint_weights=joint_weights,
         upper_body=upper_body,
         pckh_groups=pckh_groups,
+        pckh_mean_excludes=pckh_mean_excludes,
         source=source,
     )
 

@@ -236,3 +236,21 @@ def inherit_supernet_weights(
         copied[key] = supernet_state[source]
     derived.load_state_dict(copied, strict=False)
     return len(copied)
+
+
+def network_from_checkpoint(checkpoint: dict[str, Any]) -> nn.Module:
+    """Rebuild the network a checkpoint was trained with (derived or supernet) and load it."""
+    config = checkpoint.get("config", {})
+    if "genotype" in config:
+        network: nn.Module = DerivedNetwork(config["genotype"])
+    elif "model" in config and "keypoint_spec" in config:
+        from pnfs_pipeline.config import ModelParams
+        from pnfs_pipeline.keypoints import keypoint_spec_from_dict
+        from pnfs_pipeline.nas.supernet import build_supernet
+
+        model = ModelParams(**{**config["model"], "pretrained_backbone": None})
+        network = build_supernet(keypoint_spec_from_dict(config["keypoint_spec"], source="checkpoint"), model)
+    else:
+        raise ValueError("the checkpoint holds neither a genotype nor a model configuration")
+    network.load_state_dict(checkpoint["model"])
+    return network

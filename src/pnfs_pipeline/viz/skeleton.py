@@ -88,3 +88,33 @@ def plot_augmented_samples(
     )
     fig.tight_layout()
     return fig
+
+
+def plot_prediction_overlays(
+    images: Sequence[np.ndarray],
+    predictions: Sequence[np.ndarray],
+    truths: Sequence[np.ndarray | None],
+    spec: KeypointSpec,
+    titles: Sequence[str] | None = None,
+    min_confidence: float = 0.2,
+) -> Figure:
+    """Images with predicted skeletons (solid) and, where known, the true ones (dashed)."""
+    count = len(images)
+    columns = min(count, 4) or 1
+    rows = max(1, -(-count // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.4 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i in range(count):
+        ax = axes.flat[i]
+        ax.imshow(images[i])
+        if truths[i] is not None:
+            draw_skeleton(ax, truths[i], spec, linestyle="--", alpha=0.6)
+        draw_skeleton(ax, predictions[i], spec, min_visibility=min_confidence)
+        ax.set_xlim(-0.5, images[i].shape[1] - 0.5)
+        ax.set_ylim(images[i].shape[0] - 0.5, -0.5)
+        if titles:
+            ax.set_title(titles[i], fontsize=7)
+    fig.suptitle("Predictions (solid) and ground truth (dashed); blue = left, red = right", fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,116 @@
+"""From heatmaps to keypoints in image coordinates.
+
+Argmax with a quarter-pixel shift toward the higher neighbour (HRNet), optional DARK refinement
+(a Taylor step on the log of the smoothed heatmap), and the flip test (flip the input, swap
+left/right channels, shift one pixel, average).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+
+from pnfs_pipeline.data.transforms import affine_points, crop_affine, invert_affine
+
+
+def argmax_coordinates(heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(N, K, H, W)`` -> integer peak coordinates ``(N, K, 2)`` (x, y) and peak values ``(N, K)``."""
+    n, k, h, w = heatmaps.shape
+    flat = heatmaps.reshape(n, k, h * w)
+    index = flat.argmax(axis=2)
+    values = np.take_along_axis(flat, index[..., None], axis=2)[..., 0]
+    coords = np.stack([index % w, index // w], axis=-1).astype(np.float64)
+    coords[values <= 0] = 0.0
+    return coords, values
+
+
+def quarter_offset(heatmaps: np.ndarray, coords: np.ndarray) -> np.ndarray:
+    """Move each peak a quarter pixel toward its higher neighbour (vectorised)."""
+    n, k, h, w = heatmaps.shape
+    x = coords[..., 0].astype(int)
+    y = coords[..., 1].astype(int)
+    refined = coords.copy()
+    inner_x = (x > 0) & (x < w - 1)
+    inner_y = (y > 0) & (y < h - 1)
+    batch, joint = np.meshgrid(np.arange(n), np.arange(k), indexing="ij")
+    xl, xr = np.clip(x - 1, 0, w - 1), np.clip(x + 1, 0, w - 1)
+    yu, yd = np.clip(y - 1, 0, h - 1), np.clip(y + 1, 0, h - 1)
+    dx = heatmaps[batch, joint, y, xr] - heatmaps[batch, joint, y, xl]
+    dy = heatmaps[batch, joint, yd, x] - heatmaps[batch, joint, yu, x]
+    refined[..., 0] += np.where(inner_x, np.sign(dx) * 0.25, 0.0)
+    refined[..., 1] += np.where(inner_y, np.sign(dy) * 0.25, 0.0)
+    return refined
+
+
+def dark_refine(heatmaps: np.ndarray, coords: np.ndarray, kernel: int = 11) -> np.ndarray:
+    """DARK (Zhang et al. 2020): a Newton step on the log of the Gaussian-smoothed heatmap."""
+    n, k, h, w = heatmaps.shape
+    refined = coords.copy()
+    for b in range(n):
+        for j in range(k):
+            # Zero padding: reflecting at the border would add mirrored mass and pull peaks inward.
+            smoothed = cv2.GaussianBlur(
+                heatmaps[b, j].astype(np.float64), (kernel, kernel), 0, borderType=cv2.BORDER_CONSTANT
+            )
+            peak = heatmaps[b, j].max()
+            if peak <= 0:
+                continue
+            smoothed *= peak / max(smoothed.max(), 1e-12)
+            log = np.log(np.maximum(smoothed, 1e-10))
+            x, y = int(coords[b, j, 0]), int(coords[b, j, 1])
+            if not (1 < x < w - 2 and 1 < y < h - 2):
+                continue
+            dx = 0.5 * (log[y, x + 1] - log[y, x - 1])
+            dy = 0.5 * (log[y + 1, x] - log[y - 1, x])
+            dxx = 0.25 * (log[y, x + 2] - 2 * log[y, x] + log[y, x - 2])
+            dyy = 0.25 * (log[y + 2, x] - 2 * log[y, x] + log[y - 2, x])
+            dxy = 0.25 * (log[y + 1, x + 1] - log[y - 1, x + 1] - log[y + 1, x - 1] + log[y - 1, x - 1])
+            hessian = np.array([[dxx, dxy], [dxy, dyy]])
+            if abs(np.linalg.det(hessian)) < 1e-12:
+                continue
+            step = -np.linalg.solve(hessian, np.array([dx, dy]))
+            if np.all(np.abs(step) <= 1.0):
+                refined[b, j] += step
+    return refined
+
+
+def decode_heatmaps(heatmaps: np.ndarray, method: str = "argmax") -> tuple[np.ndarray, np.ndarray]:
+    """Sub-pixel keypoints in heatmap pixels ``(N, K, 2)`` and their confidences ``(N, K)``."""
+    if method not in ("argmax", "dark"):
+        raise ValueError(f"decode method must be 'argmax' or 'dark', got {method!r}")
+    coords, values = argmax_coordinates(heatmaps)
+    if method == "dark":
+        return dark_refine(heatmaps, coords), values
+    return quarter_offset(heatmaps, coords), values
+
+
+def heatmap_to_image(
+    coords: np.ndarray,
+    centers: np.ndarray,
+    sizes: np.ndarray,
+    input_size: tuple[int, int],
+    heatmap_size: tuple[int, int],
+    rotations: np.ndarray | None = None,
+) -> np.ndarray:
+    """Heatmap pixels -> input pixels -> original image pixels, through the inverse crop warp."""
+    stride = input_size[0] / heatmap_size[0]
+    result = np.empty_like(coords)
+    for i in range(coords.shape[0]):
+        rotation = float(rotations[i]) if rotations is not None else 0.0
+        inverse = invert_affine(crop_affine(centers[i], sizes[i], rotation, input_size))
+        result[i] = affine_points(coords[i] * stride, inverse)
+    return result
+
+
+def flip_back(heatmaps: torch.Tensor, flip_permutation: np.ndarray, shift: bool = True) -> torch.Tensor:
+    """Undo an input flip on ``(N, K, H, W)`` heatmaps: mirror, swap partners, shift one pixel.
+
+    The one-pixel shift is the reference code's correction for flipping about the pixel grid
+    rather than the crop's center line.
+    """
+    flipped = heatmaps.flip(-1)[:, torch.as_tensor(flip_permutation, device=heatmaps.device)]
+    if shift:
+        flipped = flipped.clone()
+        flipped[..., 1:] = flipped[..., :-1].clone()
+    return flipped

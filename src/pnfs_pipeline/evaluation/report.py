@@ -1,0 +1,65 @@
+"""Scores of predictions against the validation ground truth (COCO AP or MPII PCKh)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from pnfs_pipeline.evaluation.coco_eval import coco_results, evaluate_coco
+from pnfs_pipeline.evaluation.pckh import pckh_table
+from pnfs_pipeline.keypoints import KeypointSpec
+
+
+def score_coco(
+    predictions: dict[str, np.ndarray],
+    ground_truth: dict[str, Any],
+    spec: KeypointSpec,
+    num_parts: int | None,
+    vis_threshold: float = 0.2,
+    nms: str = "oks",
+    nms_threshold: float = 0.9,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """COCO statistics overall, per keypoint and per part, plus the results list."""
+    sigmas = np.asarray(spec.sigmas)
+    results = coco_results(
+        predictions["keypoints"],
+        predictions["scores"],
+        predictions["areas"],
+        predictions["image_ids"],
+        sigmas,
+        vis_threshold,
+        nms,
+        nms_threshold,
+    )
+    metrics: dict[str, Any] = {"overall": evaluate_coco(ground_truth, results, sigmas)}
+    metrics["per_keypoint_AP"] = {
+        name: evaluate_coco(ground_truth, results, sigmas, [k])["AP"] for k, name in enumerate(spec.keypoints)
+    }
+    if num_parts and num_parts in spec.parts:
+        metrics["per_part_AP"] = {
+            part: evaluate_coco(ground_truth, results, sigmas, list(keypoints))["AP"]
+            for part, keypoints in spec.body_parts(num_parts).items()
+        }
+    return metrics, results
+
+
+def score_mpii(
+    predictions: dict[str, np.ndarray], samples: list[dict[str, Any]], spec: KeypointSpec
+) -> dict[str, Any]:
+    """The PCKh table for predictions aligned with ``samples`` (which carry head boxes)."""
+    order = predictions["indices"].astype(int)
+    records = [samples[i] for i in order]
+    if any("head_box" not in r for r in records):
+        raise ValueError("MPII scoring needs head boxes (annot/gt_valid.mat) in the validation samples")
+    truth = np.asarray([r["keypoints"] for r in records], dtype=float)
+    table = pckh_table(
+        predictions["keypoints"][..., :2],
+        truth[..., :2],
+        truth[..., 2] > 0,
+        np.asarray([r["head_box"] for r in records], dtype=float),
+        spec.pckh_groups,
+        spec.pckh_mean_excludes,
+    )
+    table["per_joint"] = dict(zip(spec.keypoints, table["per_joint"], strict=True))
+    return {"overall": {k: v for k, v in table.items() if k != "per_joint"}, "per_keypoint_PCKh": table["per_joint"]}

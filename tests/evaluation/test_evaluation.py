@@ -1,0 +1,147 @@
+import numpy as np
+import pytest
+import torch
+
+from pnfs_pipeline.data.targets import gaussian_heatmaps
+from pnfs_pipeline.data.transforms import affine_points, crop_affine
+from pnfs_pipeline.evaluation.coco_eval import (
+    coco_results,
+    evaluate_coco,
+    oks_matrix,
+    oks_nms,
+    soft_oks_nms,
+)
+from pnfs_pipeline.evaluation.decode import decode_heatmaps, flip_back, heatmap_to_image
+from pnfs_pipeline.evaluation.pckh import pckh, pckh_table
+from pnfs_pipeline.evaluation.predict import predict_heatmaps
+from pnfs_pipeline.keypoints import load_keypoint_spec
+
+COCO = load_keypoint_spec("coco")
+MPII = load_keypoint_spec("mpii")
+
+
+@pytest.mark.parametrize("method", ["argmax", "dark"])
+def test_decoding_recovers_sub_pixel_keypoints(method):
+    rng = np.random.default_rng(0)
+    truth = np.column_stack([rng.uniform(4, 20, 17), rng.uniform(4, 28, 17), np.full(17, 2.0)])
+    maps, _ = gaussian_heatmaps(truth, (24, 32), sigma=2.0)
+    coords, confidence = decode_heatmaps(maps[None], method)
+    error = np.abs(coords[0] - truth[:, :2]).max()
+    assert error <= (0.25 if method == "argmax" else 0.05) + 1e-9, error
+    assert np.all(confidence > 0.9)
+
+
+def test_heatmap_coordinates_map_back_through_the_crop():
+    center, size = np.array([140.0, 90.0]), np.array([96.0, 128.0])
+    matrix = crop_affine(center, size, 0.0, (48, 64))
+    image_points = np.array([[130.0, 70.0], [150.5, 120.25]])
+    heatmap_points = affine_points(image_points, matrix) / 4.0
+    back = heatmap_to_image(heatmap_points[None], center[None], size[None], (48, 64), (12, 16))
+    np.testing.assert_allclose(back[0], image_points, atol=1e-9)
+
+
+def test_flip_back_swaps_mirrors_and_shifts():
+    permutation = COCO.flip_permutation()
+    heatmaps = torch.zeros(1, 17, 8, 6)
+    heatmaps[0, 1, 3, 1] = 1.0  # left eye, at x = 1
+    back = flip_back(heatmaps, permutation)
+    # Mirrored to x = 6 - 1 - 1 = 4, moved to the right eye's channel, shifted one pixel to x = 5.
+    assert back[0, 2, 3, 5] == 1.0 and back[0, 1].sum() == 0
+
+
+def test_flip_test_of_a_symmetric_input_is_symmetric():
+    """A mirror-equivariant model on a mirror-symmetric input: the flip-test output is symmetric."""
+    permutation = COCO.flip_permutation()
+    torch.manual_seed(0)
+    kernel = torch.randn(17, 3, 3, 3)
+    kernel = kernel + kernel.flip(-1)  # symmetric in x: convolution commutes with mirroring
+    kernel = 0.5 * (kernel + kernel[torch.as_tensor(permutation)])  # left/right channels alike
+    conv = torch.nn.Conv2d(3, 17, 3, padding=1, bias=False)
+    conv.weight.data = kernel
+    image = torch.rand(1, 3, 16, 12)
+    image = image + image.flip(-1)
+    averaged = predict_heatmaps(conv.eval(), image, permutation)
+    # Without the one-pixel shift the average is exactly symmetric under mirror + pair swap.
+    plain = 0.5 * (conv(image) + flip_back(conv(image.flip(-1)), permutation, shift=False))
+    torch.testing.assert_close(plain, flip_back(plain, permutation, shift=False))
+    # With the reference code's shift, columns 1.. of the flipped branch are the mirror, shifted.
+    flipped_branch = 2 * averaged - conv(image)
+    torch.testing.assert_close(flipped_branch[..., 1:], plain[..., :-1] * 2 - conv(image)[..., :-1])
+
+
+def _brute_force_oks_nms(keypoints, scores, areas, sigmas, threshold):
+    order = list(np.argsort(-scores, kind="stable"))
+    keep = []
+    while order:
+        i = order.pop(0)
+        keep.append(int(i))
+        survivors = []
+        for j in order:
+            d2 = ((keypoints[i, :, :2] - keypoints[j, :, :2]) ** 2).sum(-1)
+            e = d2 / (2 * np.asarray(sigmas)) ** 2 / ((areas[i] + areas[j]) / 2 + np.spacing(1)) / 2
+            if np.mean(np.exp(-e)) <= threshold:
+                survivors.append(j)
+        order = survivors
+    return keep
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_vectorised_oks_nms_equals_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(0, 100, (6, 17, 2))
+    keypoints = np.concatenate([base[rng.integers(0, 6, 40)] + rng.normal(0, 2, (40, 17, 2)), rng.uniform(0, 1, (40, 17, 1))], -1)
+    scores, areas = rng.uniform(0, 1, 40), rng.uniform(500, 3000, 40)
+    sigmas = np.asarray(COCO.sigmas)
+    assert oks_nms(keypoints, scores, areas, sigmas, 0.9) == _brute_force_oks_nms(keypoints, scores, areas, sigmas, 0.9)
+    keep, decayed = soft_oks_nms(keypoints, scores, areas, sigmas, 0.9)
+    assert set(oks_nms(keypoints, scores, areas, sigmas, 0.9)) <= set(keep) | set(range(40))
+    assert np.all(decayed <= scores + 1e-12)
+    np.testing.assert_allclose(np.diag(oks_matrix(keypoints, areas, sigmas)), 1.0)
+
+
+def _coco_ground_truth():
+    rng = np.random.default_rng(3)
+    images, annotations = [], []
+    for image_id in range(1, 6):
+        images.append({"id": image_id, "file_name": f"{image_id}.jpg", "width": 200, "height": 200})
+        for person in range(2):
+            points = np.column_stack([rng.uniform(20, 180, 17), rng.uniform(20, 180, 17), rng.integers(1, 3, 17)])
+            annotations.append({
+                "id": image_id * 10 + person, "image_id": image_id, "category_id": 1, "iscrowd": 0,
+                "keypoints": points.reshape(-1).tolist(), "num_keypoints": 17, "area": 4000.0,
+                "bbox": [10.0, 10.0, 100.0, 100.0],
+            })
+    return {"format": "coco", "images": images, "annotations": annotations, "categories": [{"id": 1, "name": "person"}]}
+
+
+def test_ground_truth_as_predictions_scores_ap_one():
+    gt = _coco_ground_truth()
+    keypoints = np.array([np.asarray(a["keypoints"], float).reshape(17, 3) for a in gt["annotations"]])
+    keypoints[..., 2] = 0.9  # confidences
+    results = coco_results(
+        keypoints, np.ones(len(keypoints)), np.full(len(keypoints), 4000.0),
+        np.array([a["image_id"] for a in gt["annotations"]]), np.asarray(COCO.sigmas),
+    )
+    stats = evaluate_coco(gt, results, np.asarray(COCO.sigmas))
+    assert stats["AP"] == pytest.approx(1.0) and stats["AR"] == pytest.approx(1.0)
+    assert evaluate_coco(gt, results, np.asarray(COCO.sigmas), keypoint_subset=[9, 10])["AP"] == pytest.approx(1.0)
+    shifted = [dict(r, keypoints=(np.asarray(r["keypoints"]) + np.tile([15.0, 0.0, 0.0], 17)).tolist()) for r in results]
+    assert evaluate_coco(gt, shifted, np.asarray(COCO.sigmas))["AP"] < 0.5
+
+
+def test_pckh_is_100_for_ground_truth_and_follows_known_offsets():
+    rng = np.random.default_rng(0)
+    truth = rng.uniform(0, 200, (10, 16, 2))
+    visible = np.ones((10, 16), dtype=bool)
+    head_boxes = np.tile([0.0, 0.0, 30.0, 40.0], (10, 1))  # diagonal 50 -> head size 30
+    table = pckh_table(truth, truth, visible, head_boxes, MPII.pckh_groups, MPII.pckh_mean_excludes)
+    assert table["Mean"] == 100.0 and table["Head"] == 100.0 and table["Mean@0.1"] == 100.0
+    predictions = truth.copy()
+    predictions[:5, :, 0] += 14.0  # within 0.5 x 30 = 15
+    predictions[5:, :, 0] += 16.0  # beyond
+    per_joint, counts = pckh(predictions, truth, visible, head_boxes, 0.5)
+    np.testing.assert_allclose(per_joint, 50.0)
+    assert counts.tolist() == [10] * 16
+    invisible = visible.copy()
+    invisible[5:] = False  # only the close half is labelled
+    assert pckh(predictions, truth, invisible, head_boxes, 0.5)[0].tolist() == [100.0] * 16
