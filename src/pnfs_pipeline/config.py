@@ -229,6 +229,7 @@ class TrainerParams(StrictModel):
     max_steps_per_epoch: int | None = Field(None, ge=1)
     val_max_batches: int | None = Field(None, ge=1)
     threads: int | None = Field(None, ge=1)  # torch CPU threads; None keeps torch's default
+    nproc_per_node: int = Field(1, ge=1)  # > 1: local DistributedDataParallel workers
 
 
 class SearchParams(StrictModel):
@@ -264,3 +265,12 @@ class EvaluateParams(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_overlays: int = Field(6, ge=0, le=64)
     seed: int = 0
+
+
+class PredictParams(StrictModel):
+    boxes_file: str | None = None  # JSON list of {file_name, bbox: [x, y, w, h], score}
+    flip_test: bool = True
+    decode: Literal["argmax", "dark"] = "argmax"
+    batch_size: int = Field(16, ge=1)
+    vis_threshold: float = Field(0.2, ge=0.0, le=1.0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -58,3 +58,19 @@ class UpstreamCheckHooks:
         raise MissingUpstreamError(
             f"'{dataset}' does not exist yet: run `kedro run --pipeline={producer}` first"
         )
+
+
+class DistributedRankHooks:
+    """In a torchrun job every rank runs the pipeline; only rank 0 may write catalog outputs."""
+
+    @hook_impl
+    def after_catalog_created(self, catalog: Any) -> None:
+        import os
+
+        if int(os.environ.get("RANK", "0")) == 0:
+            return
+        for name in list(catalog.keys()):
+            dataset = catalog.get(name)
+            # In-memory hand-overs between nodes must still work on every rank.
+            if dataset is not None and type(dataset).__name__ != "MemoryDataset":
+                dataset.save = lambda data: None  # rank 0 saves the same data

@@ -71,9 +71,12 @@ class TopDownDataset(Dataset):
         augmentation: AugmentationParams | None = None,
         seed: int = 0,
         image_root: str | Path | None = None,
+        images: dict[str, np.ndarray] | None = None,
     ) -> None:
+        """``images`` (name -> RGB array) serves images already in memory instead of files."""
         self.samples = index["samples"]
-        self.image_root = Path(image_root if image_root is not None else index["image_root"])
+        self.images = images
+        self.image_root = Path(image_root if image_root is not None else index.get("image_root", "."))
         self.spec: KeypointSpec = keypoint_spec_from_dict(index["keypoint_spec"], source="sample index")
         self.sample = sample
         self.augmentation = augmentation if augmentation is not None and augmentation.enabled else None
@@ -112,7 +115,10 @@ class TopDownDataset(Dataset):
 
     def __getitem__(self, idx: int) -> dict[str, Any]:
         record = self.samples[idx]
-        image = read_rgb_image(self.image_root / record["image"])
+        if self.images is not None:
+            image = self.images[record["image"]]
+        else:
+            image = read_rgb_image(self.image_root / record["image"])
         original_keypoints = np.asarray(record["keypoints"], dtype=np.float64)
         keypoints = original_keypoints
         crop = self.crop_params(idx, keypoints, image.shape[1])

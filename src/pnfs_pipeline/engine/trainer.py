@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset, DistributedSampler, Subset
 
 from pnfs_pipeline.data.dataset import make_data_loader
 from pnfs_pipeline.engine.checkpoint import (
@@ -27,6 +27,13 @@ from pnfs_pipeline.engine.checkpoint import (
     restore_rng_state,
     rng_state,
     save_checkpoint,
+)
+from pnfs_pipeline.engine.distributed import (
+    DistributedContext,
+    all_reduce_mean,
+    env_world_size,
+    init_from_env,
+    launch,
 )
 from pnfs_pipeline.engine.loss import joints_mse_loss
 from pnfs_pipeline.nas.strategies import SearchStrategy
@@ -58,6 +65,7 @@ class TrainConfig:
     max_steps_per_epoch: int | None = None
     val_max_batches: int | None = None
     threads: int | None = None  # torch CPU threads; None keeps torch's default
+    nproc_per_node: int = 1  # > 1: launch local workers (DistributedDataParallel)
 
     def __post_init__(self) -> None:
         checks = {
@@ -71,6 +79,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be one of {list(valid)}, got {value!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("epochs, batch_size and lr must be positive")
+        if self.nproc_per_node < 1:
+            raise ValueError(f"nproc_per_node must be >= 1, got {self.nproc_per_node}")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -123,9 +133,13 @@ class Trainer:
         run_config: dict[str, Any] | None = None,
         on_epoch_end: Callable[[int, dict[str, Any], nn.Module], None] | None = None,
         loss_fn: Callable = joints_mse_loss,
+        context: DistributedContext | None = None,
     ) -> None:
         self.config = config
+        self.context = context or DistributedContext()
         self.device = resolve_device(config.device)
+        if self.device.type == "cuda" and self.context.enabled:
+            self.device = torch.device("cuda", self.context.local_rank)
         if config.threads:
             torch.set_num_threads(config.threads)
         torch.manual_seed(config.seed)
@@ -133,6 +147,21 @@ class Trainer:
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.strategy = strategy_factory(self.model, config.epochs) if strategy_factory else None
+        if self.strategy is not None:
+            self.strategy.sync_gradients = lambda grads: all_reduce_mean(grads, self.context)
+        self.forward_model: nn.Module = self.model
+        if self.context.enabled:
+            if config.batch_size % self.context.world_size:
+                raise ValueError(
+                    f"batch_size {config.batch_size} must divide by the {self.context.world_size} workers"
+                )
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.forward_model = DistributedDataParallel(
+                self.model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True,  # sampled architectures leave ops unused
+            )
         self.train_dataset, self.val_dataset = train_dataset, val_dataset
         self.arch_dataset = None
         if self.strategy is not None and self.strategy.config.bilevel:
@@ -207,18 +236,33 @@ class Trainer:
     # ---- the loop --------------------------------------------------------------------------
     def _forward_loss(self, batch: dict[str, torch.Tensor], training: bool) -> torch.Tensor:
         weights = self.strategy.forward_weights(training) if self.strategy is not None else None
+        model = self.forward_model if training else self.model
         with self._autocast():
-            output = self.model(batch["image"], weights) if weights is not None else self.model(batch["image"])
+            output = model(batch["image"], weights) if weights is not None else model(batch["image"])
         return self.loss_fn(output.float(), batch)
 
-    def _loader(self, dataset: Dataset, epoch: int, shuffle: bool, batch_size: int):
+    def _loader(self, dataset: Dataset, epoch: int, shuffle: bool, batch_size: int, stream: int = 0):
+        """Shuffled loaders split one seeded permutation over the workers (1 worker: all of it),
+        so N workers see the same global batches as one process with N times their batch."""
+        sampler = None
+        if shuffle:
+            sampler = DistributedSampler(
+                dataset,
+                num_replicas=self.context.world_size,
+                rank=self.context.rank,
+                shuffle=True,
+                seed=self.config.seed * 100_003 + stream,
+            )
+            sampler.set_epoch(epoch)
+            batch_size //= self.context.world_size
         return make_data_loader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            shuffle=False,
             seed=self.config.seed * 100_003 + epoch,
             num_workers=self.config.num_workers,
-            drop_last=shuffle and len(dataset) > batch_size,
+            drop_last=shuffle and len(dataset) > batch_size * self.context.world_size,
+            sampler=sampler,
         )
 
     def train_epoch(self, epoch: int, progress: Progress) -> dict[str, float]:
@@ -230,7 +274,9 @@ class Trainer:
         if self.arch_dataset is not None:
             share = self.strategy.config
             arch_batch_size = max(1, c.batch_size * share.split_for_arch // share.split_for_train)
-            arch_loader = self._loader(self.arch_dataset, epoch + 7919, True, arch_batch_size)
+            workers = self.context.world_size
+            arch_batch_size = -(-arch_batch_size // workers) * workers  # a multiple of the workers
+            arch_loader = self._loader(self.arch_dataset, epoch, True, arch_batch_size, stream=7919)
             arch_iter = _cycle(arch_loader)
         steps = len(loader) if c.max_steps_per_epoch is None else min(len(loader), c.max_steps_per_epoch)
         task = progress.add_task(f"epoch {epoch + 1}/{c.epochs}", total=steps, loss=math.nan, speed=0.0)
@@ -303,6 +349,7 @@ class Trainer:
             TextColumn("{task.fields[speed]:.1f} img/s"),
             TimeRemainingColumn(),
             transient=True,
+            disable=not self.context.is_main,
         )
         with progress:
             for epoch in range(self.start_epoch, self.config.epochs):
@@ -324,9 +371,9 @@ class Trainer:
                     metrics["images_per_second"],
                     metrics["epoch_seconds"],
                 )
-                if self.checkpoint_path is not None:
+                if self.checkpoint_path is not None and self.context.is_main:
                     save_checkpoint(self.state_dict(epoch), self.checkpoint_path)
-                if self.on_epoch_end is not None:
+                if self.on_epoch_end is not None and self.context.is_main:
                     self.on_epoch_end(epoch, metrics, self.model)
         extra = {}
         if self.strategy is not None:
@@ -362,3 +409,83 @@ def architecture_softmax(model: nn.Module) -> dict[str, Any]:
         }
         for name, alpha, beta in zip(model.part_names, model.arch_alphas, model.arch_betas, strict=True)
     }
+
+
+@dataclass
+class TrainingJob:
+    """Everything a training run needs, picklable so distributed workers can rebuild it."""
+
+    model_builder: Callable[[], nn.Module]
+    train_dataset: Dataset
+    val_dataset: Dataset
+    config: TrainConfig
+    strategy: Any = None  # a StrategyConfig for searches
+    checkpoint_path: str | None = None
+    run_config: dict[str, Any] = field(default_factory=dict)
+    resume: bool = False
+    initial_state: dict[str, Any] | None = None
+
+
+def _execute(
+    job: TrainingJob,
+    on_epoch_end: Callable[[int, dict[str, Any], nn.Module], None] | None,
+    context: DistributedContext,
+) -> TrainResult:
+    from pnfs_pipeline.nas.strategies import SearchStrategy
+
+    torch.manual_seed(job.config.seed)  # the same initial weights in every process
+    model = job.model_builder()
+    if job.initial_state is not None:
+        model.load_state_dict(job.initial_state)
+    strategy_factory = None
+    if job.strategy is not None:
+        strategy_factory = lambda m, epochs: SearchStrategy(m, job.strategy, epochs)  # noqa: E731
+    trainer = Trainer(
+        model,
+        job.train_dataset,
+        job.val_dataset,
+        job.config,
+        strategy_factory=strategy_factory,
+        checkpoint_path=job.checkpoint_path,
+        run_config=job.run_config,
+        on_epoch_end=on_epoch_end,
+        context=context,
+    )
+    return trainer.fit(resume=job.resume)
+
+
+def _distributed_worker(job: TrainingJob) -> TrainResult | None:
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    @record
+    def work() -> TrainResult | None:
+        device = resolve_device(job.config.device)
+        context = init_from_env(device.type)
+        try:
+            result = _execute(job, None, context)
+        finally:
+            if torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
+        return result if context.is_main else None
+
+    return work()
+
+
+def run_training(
+    job: TrainingJob, on_epoch_end: Callable[[int, dict[str, Any], nn.Module | None], None] | None = None
+) -> TrainResult:
+    """Train in this process, in ``nproc_per_node`` launched workers, or as a torchrun rank.
+
+    Launched workers report back when they finish; ``on_epoch_end`` then sees each epoch's
+    metrics (without a model) in this process, the only one that logs.
+    """
+    if env_world_size() > 1:
+        context = init_from_env(resolve_device(job.config.device).type)
+        return _execute(job, on_epoch_end if context.is_main else None, context)
+    if job.config.nproc_per_node > 1:
+        result = launch(job.config.nproc_per_node, _distributed_worker, job)
+        if on_epoch_end is not None:
+            for metrics in result.history[-job.config.epochs :]:
+                on_epoch_end(metrics["epoch"] - 1, metrics, None)
+        return result
+    return _execute(job, on_epoch_end, DistributedContext())

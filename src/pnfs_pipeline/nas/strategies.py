@@ -87,6 +87,8 @@ class SearchStrategy:
         self.epoch = 0
         self.generator = torch.Generator().manual_seed(config.seed)
         self.arch_optimizer: torch.optim.Optimizer | None = None
+        # Averages architecture gradients over distributed workers (a no-op in one process).
+        self.sync_gradients: Callable[[list[torch.Tensor]], None] = lambda grads: None
         if config.bilevel:
             self.arch_optimizer = torch.optim.Adam(
                 model.arch_parameters(), lr=config.arch_lr, weight_decay=config.arch_weight_decay
@@ -180,6 +182,7 @@ class SearchStrategy:
             for parameter, grad in zip(arch, grads, strict=True):
                 parameter.grad = grad if grad is not None else torch.zeros_like(parameter)
             loss = loss.detach()
+        self.sync_gradients([p.grad for p in self.model.arch_parameters()])
         self.arch_optimizer.step()
         return float(loss)
 

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 logger = logging.getLogger(__name__)
 
 
+def metric_name(name: str) -> str:
+    """MLflow accepts letters, digits, '_', '-', '.', ' ', ':' and '/' in metric names."""
+    return re.sub(r"[^\w\-. :/]", "_", name)
+
+
 def _flat_numbers(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
     return {
-        f"{prefix}{key}": float(value)
+        metric_name(f"{prefix}{key}"): float(value)
         for key, value in metrics.items()
         if isinstance(value, int | float) and not isinstance(value, bool)
     }
@@ -32,3 +38,15 @@ def epoch_logger(prefix: str):
         log_metrics(metrics, prefix=prefix, step=epoch + 1)
 
     return on_epoch_end
+
+
+def log_figure(figure: Any, artifact_path: str) -> None:
+    """Log a matplotlib figure to the active MLflow run (if any), then close it."""
+    import matplotlib.pyplot as plt
+    import mlflow
+
+    try:
+        if mlflow.active_run() is not None:
+            mlflow.log_figure(figure, artifact_path)
+    finally:
+        plt.close(figure)

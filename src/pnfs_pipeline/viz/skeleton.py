@@ -118,3 +118,19 @@ def plot_prediction_overlays(
     fig.suptitle("Predictions (solid) and ground truth (dashed); blue = left, red = right", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def plot_people_overlay(
+    image: np.ndarray, people: Sequence[np.ndarray], spec: KeypointSpec, title: str, min_confidence: float = 0.2
+) -> Figure:
+    """One image with the predicted skeleton of every person found in it."""
+    fig, ax = plt.subplots(figsize=(4.0, 4.0 * image.shape[0] / max(image.shape[1], 1)))
+    ax.imshow(image)
+    for keypoints in people:
+        draw_skeleton(ax, keypoints, spec, min_visibility=min_confidence)
+    ax.set_xlim(-0.5, image.shape[1] - 0.5)
+    ax.set_ylim(image.shape[0] - 0.5, -0.5)
+    ax.axis("off")
+    ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -79,8 +79,7 @@ def score_predictions(
     metrics["boxes"] = predictions["boxes"]
     metrics["flip_test"] = params.flip_test
     logger.info("evaluation (%s boxes): %s", predictions["boxes"], metrics["overall"])
-    log_metrics({f"eval_{k.replace(' ', '').replace('(', '').replace(')', '').replace('.', '')}": v
-                 for k, v in metrics["overall"].items()})
+    log_metrics(metrics["overall"], prefix="eval_")
     return metrics, results
 
 

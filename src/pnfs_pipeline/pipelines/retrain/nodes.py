@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
+
+import torch
 
 from pnfs_pipeline.config import (
     AugmentationParams,
@@ -13,7 +16,7 @@ from pnfs_pipeline.config import (
     parse_params,
 )
 from pnfs_pipeline.data.dataset import TopDownDataset
-from pnfs_pipeline.engine.trainer import TrainConfig, Trainer
+from pnfs_pipeline.engine.trainer import TrainConfig, TrainingJob, run_training
 from pnfs_pipeline.nas.backbones import load_pretrained
 from pnfs_pipeline.nas.derived import DerivedNetwork, inherit_supernet_weights
 from pnfs_pipeline.nas.profile import count_parameters
@@ -36,6 +39,7 @@ def retrain_network(
     params = parse_params(RetrainParams, retrain, "retrain")
     model_params = parse_params(ModelParams, model, "model")
     sample_params = parse_params(SampleParams, sample, "sample")
+    torch.manual_seed(params.trainer.seed)
     network = DerivedNetwork(genotype)
     if params.init == "inherit":
         copied = inherit_supernet_weights(
@@ -45,16 +49,16 @@ def retrain_network(
     elif model_params.pretrained_backbone:
         load_pretrained(network.backbone, model_params.pretrained_backbone)
     logger.info("derived network: %.2f M parameters", count_parameters(network) / 1e6)
-    trainer = Trainer(
-        network,
-        TopDownDataset(
+    job = TrainingJob(
+        model_builder=functools.partial(DerivedNetwork, genotype),
+        train_dataset=TopDownDataset(
             train_samples,
             sample_params,
             parse_params(AugmentationParams, augmentation, "augmentation"),
             seed=params.trainer.seed,
         ),
-        TopDownDataset(val_samples, sample_params, None),
-        TrainConfig(**params.trainer.model_dump()),
+        val_dataset=TopDownDataset(val_samples, sample_params, None),
+        config=TrainConfig(**params.trainer.model_dump()),
         checkpoint_path=params.checkpoint_path,
         run_config={
             "genotype": genotype,
@@ -62,7 +66,8 @@ def retrain_network(
             "keypoint_spec": train_samples["keypoint_spec"],
             "retrain": params.model_dump(mode="json"),
         },
-        on_epoch_end=epoch_logger("retrain_"),
+        resume=params.resume,
+        initial_state=network.state_dict(),
     )
-    result = trainer.fit(resume=params.resume)
+    result = run_training(job, on_epoch_end=epoch_logger("retrain_"))
     return result.final_state, result.history

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -15,12 +16,12 @@ from pnfs_pipeline.config import (
     parse_params,
 )
 from pnfs_pipeline.data.dataset import TopDownDataset
-from pnfs_pipeline.engine.trainer import TrainConfig, Trainer
+from pnfs_pipeline.engine.trainer import TrainConfig, TrainingJob, run_training
 from pnfs_pipeline.keypoints import keypoint_spec_from_dict
 from pnfs_pipeline.nas.profile import size_report
-from pnfs_pipeline.nas.strategies import SearchStrategy, StrategyConfig
+from pnfs_pipeline.nas.strategies import StrategyConfig
 from pnfs_pipeline.nas.supernet import build_supernet
-from pnfs_pipeline.pipelines.tracking import epoch_logger, log_metrics
+from pnfs_pipeline.pipelines.tracking import epoch_logger, log_figure, log_metrics
 from pnfs_pipeline.viz.architecture import plot_architecture_history
 
 logger = logging.getLogger(__name__)
@@ -49,17 +50,17 @@ def search_architecture(
     )
     log_metrics({"supernet_parameters_M": report["parameters_M"], "supernet_gmacs": report["gmacs"]})
     strategy_config = StrategyConfig(**search_params.strategy.model_dump())
-    trainer = Trainer(
-        supernet,
-        TopDownDataset(
+    job = TrainingJob(
+        model_builder=functools.partial(build_supernet, spec, model_params),
+        train_dataset=TopDownDataset(
             train_samples,
             sample_params,
             parse_params(AugmentationParams, augmentation, "augmentation"),
             seed=search_params.trainer.seed,
         ),
-        TopDownDataset(val_samples, sample_params, None),
-        TrainConfig(**search_params.trainer.model_dump()),
-        strategy_factory=lambda m, epochs: SearchStrategy(m, strategy_config, epochs),
+        val_dataset=TopDownDataset(val_samples, sample_params, None),
+        config=TrainConfig(**search_params.trainer.model_dump()),
+        strategy=strategy_config,
         checkpoint_path=search_params.checkpoint_path,
         run_config={
             "model": model_params.model_dump(mode="json"),
@@ -68,9 +69,10 @@ def search_architecture(
             "search": search_params.model_dump(mode="json"),
             "part_names": list(supernet.part_names),
         },
-        on_epoch_end=epoch_logger("search_"),
+        resume=search_params.resume,
     )
-    result = trainer.fit(resume=search_params.resume)
+    result = run_training(job, on_epoch_end=_search_epoch_logger(strategy_config.name))
+    supernet.load_state_dict(result.final_state["model"])
     architecture = supernet.architecture_summary(strategy_config.name)
     architecture["network"] = supernet.network_description()
     architecture["model"] = model_params.model_dump(mode="json")
@@ -79,6 +81,24 @@ def search_architecture(
     if result.extra.get("finalize"):
         architecture["random_search"] = result.extra["finalize"]
     return result.final_state, architecture, result.history
+
+
+def _search_epoch_logger(strategy: str):
+    """Per-epoch metrics and the alpha/beta figure so far, to MLflow."""
+    log_epoch = epoch_logger("search_")
+    seen: list[dict[str, Any]] = []
+
+    def on_epoch_end(epoch: int, metrics: dict[str, Any], model: Any) -> None:
+        log_epoch(epoch, metrics, model)
+        seen.append(metrics)
+        import mlflow
+
+        # Launched workers report after training, without a model: the final figure suffices.
+        if mlflow.active_run() is not None and model is not None:
+            figure = plot_architecture_history(seen, model.architecture_summary(strategy))
+            log_figure(figure, f"architecture/epoch_{epoch + 1:03d}.png")
+
+    return on_epoch_end
 
 
 def search_provenance(epochs: int) -> dict[str, Any]:

@@ -1,0 +1,331 @@
+"""Benchmark suite: ``python -m pnfs_pipeline.benchmarks [--quick] [--output FILE]``.
+
+Every figure is measured side by side with its baseline in the same run: fp32 without the
+optimisations vs the optimised setting (bf16 autocast + channels_last), brute-force vs vectorised
+OKS-NMS, and so on. Prints a table and writes JSON with a description of the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import resource
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pnfs_pipeline.keypoints import load_keypoint_spec
+from pnfs_pipeline.nas.backbones import build_backbone
+from pnfs_pipeline.nas.derived import DerivedNetwork
+from pnfs_pipeline.nas.genotype import derive_genotype
+from pnfs_pipeline.nas.supernet import FabricConfig, HeadConfig, PartSupernet
+
+logger = logging.getLogger(__name__)
+
+# The seed's configurations (operators, depth 6, cut 3, factor 16, 1 input node, 1 hidden state).
+SETTINGS = {
+    "mobilenet_v2_CNFx3": {
+        "backbone": "mobilenet_v2",
+        "parts": 3,
+        "operators": ("skip_connect", "sep_conv_3x3", "atr_conv_3x3"),
+        "vector": True,
+    },
+    "hrnet_w32_CNFx5": {
+        "backbone": "hrnet_w32",
+        "parts": 5,
+        "operators": ("zero", "skip_connect", "atr_conv_3x3", "sep_conv_3x3"),
+        "vector": True,
+    },
+}
+
+
+def machine_description() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": gpu,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "bf16_cpu": bool(getattr(torch.backends, "mkldnn", None) and torch.backends.mkldnn.is_available()),
+    }
+
+
+def build_setting(name: str) -> PartSupernet:
+    setting = SETTINGS[name]
+    spec = load_keypoint_spec("coco")
+    model = PartSupernet(
+        build_backbone(setting["backbone"]),
+        spec.body_parts(setting["parts"]),
+        spec.num_keypoints,
+        FabricConfig(operators=setting["operators"], depth=6, cut_layers_num=3, factor=16),
+        HeadConfig(vector_in_pixel=setting["vector"]),
+    )
+    model.backbone_name, model.backbone_kwargs = setting["backbone"], {}
+    return model
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _autocast(device: torch.device, optimised: bool):
+    if not optimised:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def time_training(
+    model: torch.nn.Module, input_size: tuple[int, int], batch: int, steps: int, device: torch.device, optimised: bool
+) -> dict[str, float]:
+    """Images per second of forward + backward + Adam step on random data."""
+    width, height = input_size
+    model = model.to(device).train()
+    if optimised:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    images = torch.randn(batch, 3, height, width, device=device)
+    if optimised:
+        images = images.contiguous(memory_format=torch.channels_last)
+    target = torch.rand(batch, 17, height // 4, width // 4, device=device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    def step() -> None:
+        with _autocast(device, optimised):
+            out = model(images)
+        loss = ((out.float() - target) ** 2).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    seconds = _timed(step, steps, device, warmup=2)
+    return {"images_per_second": batch / seconds, "peak_memory_mb": peak_memory_mb(device)}
+
+
+@torch.inference_mode()
+def time_inference(
+    model: torch.nn.Module, input_size: tuple[int, int], batch: int, steps: int, device: torch.device, optimised: bool
+) -> dict[str, float]:
+    width, height = input_size
+    model = model.to(device).eval()
+    images = torch.randn(batch, 3, height, width, device=device)
+    if optimised:
+        model = model.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+
+    def step() -> None:
+        with _autocast(device, optimised):
+            model(images)
+
+    seconds = _timed(step, steps, device, warmup=2)
+    return {"latency_ms": 1e3 * seconds, "images_per_second": batch / seconds}
+
+
+def _timed(step: Callable[[], None], steps: int, device: torch.device, warmup: int) -> float:
+    for _ in range(warmup):
+        step()
+    timings = []
+    for _ in range(steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        timings.append(time.perf_counter() - start)
+    return float(np.median(timings))
+
+
+def derived_from_setting(supernet: PartSupernet) -> DerivedNetwork:
+    """A derived network of the setting: the path rule on the untrained (uniform) architecture."""
+    genotype = derive_genotype(supernet.architecture_summary("none"), supernet.network_description(), rule="path")
+    return DerivedNetwork(genotype, backbone=supernet.backbone)
+
+
+def oks_nms_benchmark(count: int, seed: int = 0) -> dict[str, float]:
+    from pnfs_pipeline.evaluation.coco_eval import oks_nms
+
+    rng = np.random.default_rng(seed)
+    sigmas = np.asarray(load_keypoint_spec("coco").sigmas)
+    per_image = 20
+    images = count // per_image
+    keypoints = rng.uniform(0, 400, (count, 17, 3))
+    scores, areas = rng.uniform(0, 1, count), rng.uniform(1e3, 2e4, count)
+
+    def vectorised() -> None:
+        for i in range(images):
+            s = slice(i * per_image, (i + 1) * per_image)
+            oks_nms(keypoints[s], scores[s], areas[s], sigmas)
+
+    def loop() -> None:  # the reference code: one OKS row against the remaining boxes per pick
+        variances = (2 * sigmas) ** 2
+        for i in range(images):
+            s = slice(i * per_image, (i + 1) * per_image)
+            kp, sc, ar = keypoints[s], scores[s], areas[s]
+            order = np.argsort(-sc)
+            while order.size:
+                best, rest = order[0], order[1:]
+                d2 = ((kp[rest, :, :2] - kp[best, None, :, :2]) ** 2).sum(-1)
+                e = d2 / variances / ((ar[best] + ar[rest])[:, None] / 2 + np.spacing(1)) / 2
+                order = rest[np.exp(-e).mean(-1) <= 0.9]
+
+    start = time.perf_counter()
+    loop()
+    baseline = time.perf_counter() - start
+    start = time.perf_counter()
+    vectorised()
+    optimised = time.perf_counter() - start
+    return {"detections": count, "baseline_seconds": baseline, "optimised_seconds": optimised}
+
+
+def coco_eval_benchmark(count: int, seed: int = 0) -> dict[str, float]:
+    from pnfs_pipeline.evaluation.coco_eval import evaluate_coco
+
+    rng = np.random.default_rng(seed)
+    sigmas = np.asarray(load_keypoint_spec("coco").sigmas)
+    images, annotations, results = [], [], []
+    for i in range(count):
+        image_id = i // 5 + 1
+        if i % 5 == 0:
+            images.append({"id": image_id, "width": 640, "height": 480, "file_name": f"{image_id}.jpg"})
+        points = np.column_stack([rng.uniform(0, 600, 17), rng.uniform(0, 450, 17), np.full(17, 2)])
+        annotations.append({"id": i + 1, "image_id": image_id, "category_id": 1, "iscrowd": 0, "area": 5000.0,
+                            "keypoints": points.reshape(-1).tolist(), "num_keypoints": 17, "bbox": [0, 0, 50, 100]})
+        noisy = points + np.column_stack([rng.normal(0, 3, (17, 2)), np.zeros(17)])
+        results.append({"image_id": image_id, "category_id": 1, "keypoints": noisy.reshape(-1).tolist(), "score": float(rng.uniform())})
+    ground_truth = {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "person"}]}
+    start = time.perf_counter()
+    stats = evaluate_coco(ground_truth, results, sigmas)
+    return {"detections": count, "seconds": time.perf_counter() - start, "AP": stats["AP"]}
+
+
+def data_loader_benchmark(workers: list[int], samples: int) -> dict[str, float]:
+    """Samples per second of the top-down pipeline on a freshly generated synthetic set."""
+    import tempfile
+
+    from pnfs_pipeline.config import AugmentationParams, DataParams, SampleParams
+    from pnfs_pipeline.data.dataset import TopDownDataset, make_data_loader
+    from pnfs_pipeline.data.sample_index import (
+        build_sample_indexes,
+        locate_raw_data,
+        validate_raw_data,
+    )
+    from pnfs_pipeline.data.synthetic import SyntheticConfig, generate_synthetic_dataset
+
+    results = {}
+    with tempfile.TemporaryDirectory() as root:
+        generate_synthetic_dataset(root, SyntheticConfig(num_train_images=64, num_val_images=8, mpii=False))
+        data = DataParams(source="coco", root=root)
+        spec = load_keypoint_spec("coco")
+        sample = SampleParams(input_size=(192, 256), heatmap_size=(48, 64))
+        index = build_sample_indexes(validate_raw_data(locate_raw_data(data), spec, data, sample), spec, data)["train"]
+        dataset = TopDownDataset(index, sample, AugmentationParams())
+        for count in workers:
+            loader = make_data_loader(dataset, batch_size=16, shuffle=True, seed=0, num_workers=count)
+            seen, start = 0, time.perf_counter()
+            while seen < samples:
+                for batch in loader:
+                    seen += batch["image"].shape[0]
+                    if seen >= samples:
+                        break
+            results[f"workers_{count}"] = seen / (time.perf_counter() - start)
+    return results
+
+
+def run_suite(quick: bool, input_size: tuple[int, int], device: torch.device, threads: int | None) -> dict[str, Any]:
+    if threads:
+        torch.set_num_threads(threads)
+    steps = 2 if quick else 5
+    report: dict[str, Any] = {"machine": machine_description(), "input_size": list(input_size), "device": str(device)}
+    training, inference = {}, {}
+    for name in SETTINGS:
+        for optimised in (False, True):
+            torch.manual_seed(0)
+            key = f"{name}/{'bf16+channels_last' if optimised else 'fp32'}"
+            training[key] = time_training(build_setting(name), input_size, 8, steps, device, optimised)
+            logger.info("train %s: %.1f img/s", key, training[key]["images_per_second"])
+    derived = derived_from_setting(build_setting("mobilenet_v2_CNFx3"))
+    supernet = build_setting("mobilenet_v2_CNFx3")
+    for batch in (1, 8, 32):
+        for optimised in (False, True):
+            mode = "bf16+channels_last" if optimised else "fp32"
+            inference[f"derived/batch{batch}/{mode}"] = time_inference(derived, input_size, batch, steps, device, optimised)
+        inference[f"supernet/batch{batch}/fp32"] = time_inference(supernet, input_size, batch, steps, device, False)
+        logger.info("inference batch %d: done", batch)
+    report["supernet_training"] = training
+    report["inference"] = inference
+    scaling = {}
+    for size in ((96, 128), (192, 256), (288, 384)):
+        for batch in (1, 8):
+            scaling[f"{size[0]}x{size[1]}/batch{batch}"] = time_training(
+                build_setting("mobilenet_v2_CNFx3"), size, batch, max(1, steps // 2), device, False
+            )
+    report["scaling_fp32"] = scaling
+    report["data_loader_samples_per_second"] = data_loader_benchmark([0, 1, 2], 64 if quick else 256)
+    report["oks_nms_10k"] = oks_nms_benchmark(10_000)
+    report["coco_eval_10k"] = coco_eval_benchmark(10_000)
+    return report
+
+
+def format_table(report: dict[str, Any]) -> str:
+    lines = [f"machine: {report['machine']}", f"input {report['input_size']} on {report['device']}", ""]
+    lines.append(f"{'supernet training (batch 8)':48s} {'img/s':>8s} {'peak MB':>9s}")
+    for key, value in report["supernet_training"].items():
+        lines.append(f"{key:48s} {value['images_per_second']:8.1f} {value['peak_memory_mb']:9.0f}")
+    lines.append("")
+    lines.append(f"{'inference':48s} {'ms':>8s} {'img/s':>9s}")
+    for key, value in report["inference"].items():
+        lines.append(f"{key:48s} {value['latency_ms']:8.1f} {value['images_per_second']:9.1f}")
+    lines.append("")
+    lines.append(f"{'training time and memory by input and batch (fp32)':48s} {'img/s':>8s} {'peak MB':>9s}")
+    for key, value in report["scaling_fp32"].items():
+        lines.append(f"{key:48s} {value['images_per_second']:8.1f} {value['peak_memory_mb']:9.0f}")
+    lines.append("")
+    for key, value in report["data_loader_samples_per_second"].items():
+        lines.append(f"data loader {key:36s} {value:8.1f} samples/s")
+    nms = report["oks_nms_10k"]
+    lines.append(f"OKS-NMS, 10k detections: loop {nms['baseline_seconds']:.2f} s, vectorised {nms['optimised_seconds']:.2f} s")
+    lines.append(f"COCO evaluation, 10k detections: {report['coco_eval_10k']['seconds']:.2f} s")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer timed steps")
+    parser.add_argument("--input-size", default="192x256", help="width x height (default 192x256)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--output", default="data/08_reporting/benchmarks.json")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    width, height = (int(v) for v in args.input_size.lower().split("x"))
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device))
+    report = run_suite(args.quick, (width, height), device, args.threads)
+    table = format_table(report)
+    print(table)  # noqa: T201 - the benchmark's output is the table
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

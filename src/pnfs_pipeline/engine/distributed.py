@@ -1,0 +1,119 @@
+"""Multi-process training on PyTorch's own distributed engine.
+
+Two ways in:
+- ``launch(nproc, worker, payload)`` starts ``nproc`` local workers through torch's elastic
+  launcher (what ``torchrun`` uses) and returns rank 0's result. A worker that dies makes the
+  launch fail with :class:`DistributedRunError`; the others are stopped, nothing hangs.
+- inside a job started by ``torchrun`` (``WORLD_SIZE`` > 1 in the environment), ``init_from_env``
+  joins the process group, so the same training code runs across nodes.
+
+gloo serves the CPU, NCCL the GPU.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+logger = logging.getLogger(__name__)
+
+
+class DistributedRunError(RuntimeError):
+    """A distributed worker failed; the message says which rank and why."""
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def env_world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def init_from_env(device_type: str, timeout_seconds: float = 120.0) -> DistributedContext:
+    """Join the process group described by torchrun's environment variables (if any)."""
+    world_size = env_world_size()
+    if world_size <= 1:
+        return DistributedContext()
+    if not dist.is_initialized():
+        backend = "nccl" if device_type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_seconds))
+    context = DistributedContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    if device_type == "cuda":
+        torch.cuda.set_device(context.local_rank)
+    return context
+
+
+def all_reduce_mean(tensors: list[torch.Tensor], context: DistributedContext) -> None:
+    """Average tensors in place over every rank (used for architecture gradients)."""
+    if not context.enabled:
+        return
+    for tensor in tensors:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        tensor.div_(context.world_size)
+
+
+def broadcast_parameters(parameters: list[torch.Tensor], context: DistributedContext) -> None:
+    if not context.enabled:
+        return
+    for parameter in parameters:
+        dist.broadcast(parameter.data, src=0)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def launch(
+    nproc: int, worker: Callable[[Any], Any], payload: Any, monitor_interval: float = 0.2, all_ranks: bool = False
+) -> Any:
+    """Run ``worker(payload)`` in ``nproc`` local processes; return rank 0's return value
+    (with ``all_ranks``, a dict of every rank's).
+
+    ``worker`` must be importable (a module-level function) and ``payload`` picklable.
+    """
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc,
+        run_id=f"pnfs-{uuid.uuid4().hex[:8]}",
+        rdzv_backend="c10d",
+        rdzv_endpoint=f"127.0.0.1:{_free_port()}",
+        max_restarts=0,
+        monitor_interval=monitor_interval,
+        start_method="spawn",
+    )
+    try:
+        results = elastic_launch(config, worker)(payload)
+    except ChildFailedError as error:
+        failures = "; ".join(
+            f"rank {rank}: exit code {failure.exitcode} ({failure.message or 'no message'})"
+            for rank, failure in sorted(error.failures.items())
+        )
+        raise DistributedRunError(f"distributed training failed ({nproc} workers): {failures}") from None
+    return dict(results) if all_ranks else results[0]

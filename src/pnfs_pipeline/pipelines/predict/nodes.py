@@ -1,0 +1,69 @@
+"""Nodes of the ``predict`` pipeline."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from pnfs_pipeline.config import PredictParams, SampleParams, parse_params
+from pnfs_pipeline.data.coco import load_json
+from pnfs_pipeline.data.dataset import TopDownDataset
+from pnfs_pipeline.engine.trainer import resolve_device
+from pnfs_pipeline.evaluation.coco_eval import rescore
+from pnfs_pipeline.evaluation.images import image_samples
+from pnfs_pipeline.evaluation.predict import predict_dataset
+from pnfs_pipeline.keypoints import keypoint_spec_from_dict
+from pnfs_pipeline.nas.derived import network_from_checkpoint
+from pnfs_pipeline.viz.skeleton import plot_people_overlay
+
+logger = logging.getLogger(__name__)
+
+
+def predict_images(
+    images: dict[str, Callable[[], Any]], retrained_checkpoint: dict[str, Any], predict: dict[str, Any]
+) -> tuple[list[dict[str, Any]], dict[str, Figure]]:
+    """Keypoints (COCO results format, plus each image's file name) and one overlay per image."""
+    params = parse_params(PredictParams, predict, "predict")
+    if not images:
+        raise ValueError("no images to predict on: put images in data/01_raw/predict_images (see README)")
+    loaded = {Path(name).name: np.asarray(load().convert("RGB")) for name, load in sorted(images.items())}
+    config = retrained_checkpoint["config"]
+    spec = keypoint_spec_from_dict(config["keypoint_spec"], source="retrained_checkpoint")
+    sample = parse_params(SampleParams, config["sample"], "sample")
+    boxes = load_json(params.boxes_file) if params.boxes_file else None
+    index = image_samples(loaded, boxes, spec, sample.aspect_ratio, sample.box_padding, params.boxes_file or "")
+    dataset = TopDownDataset(index, sample, None, images=loaded)
+    predictions = predict_dataset(
+        network_from_checkpoint(retrained_checkpoint),
+        dataset,
+        batch_size=params.batch_size,
+        flip_test=params.flip_test,
+        decode=params.decode,
+        device=resolve_device(params.device),
+    )
+    scores = rescore(predictions["keypoints"], predictions["scores"], params.vis_threshold)
+    results, per_image = [], {}
+    for i, sample_index in enumerate(predictions["indices"].astype(int)):
+        record = index["samples"][sample_index]
+        results.append(
+            {
+                "image_id": record["image_id"],
+                "file_name": record["image"],
+                "category_id": 1,
+                "keypoints": [round(float(v), 3) for v in predictions["keypoints"][i].reshape(-1)],
+                "score": float(scores[i]),
+            }
+        )
+        per_image.setdefault(record["image"], []).append(predictions["keypoints"][i])
+    overlays = {
+        Path(name).stem: plot_people_overlay(loaded[name], people, spec, name, params.vis_threshold)
+        for name, people in per_image.items()
+    }
+    logger.info("predicted %d people in %d images", len(results), len(loaded))
+    return results, overlays
+

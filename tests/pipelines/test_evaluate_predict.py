@@ -1,0 +1,67 @@
+import json
+import shutil
+
+import pytest
+
+from pnfs_pipeline.hooks import MissingUpstreamError
+from tests.pipelines.conftest import run_pipeline
+
+FAST = {"derive.latency_repeats": 1, "retrain.trainer.epochs": 1, "evaluate.num_overlays": 2}
+
+
+def test_evaluate_and_predict_after_retrain(kedro_project):
+    run_pipeline(kedro_project, "search", FAST)
+    run_pipeline(kedro_project, "retrain", FAST)
+    run_pipeline(kedro_project, "evaluate", FAST)
+    data = kedro_project / "data"
+    metrics = json.loads((data / "08_reporting" / "evaluation_metrics.json").read_text())
+    assert set(metrics["overall"]) >= {"AP", "AP .5", "AR"} and 0.0 <= metrics["overall"]["AP"] <= 1.0
+    assert set(metrics["per_part_AP"]) == {"upper_limb", "head", "lower_limb"}
+    assert len(metrics["per_keypoint_AP"]) == 17
+    assert (data / "08_reporting" / "validation_overlays.png").stat().st_size > 10_000
+    results = json.loads((data / "07_model_output" / "val_keypoint_results.json").read_text())
+    assert results and len(results[0]["keypoints"]) == 51
+
+    # Detected boxes instead of ground-truth ones.
+    run_pipeline(kedro_project, "evaluate", {**FAST, "evaluate.boxes": "detections", "evaluate.flip_test": False})
+    assert json.loads((data / "08_reporting" / "evaluation_metrics.json").read_text())["boxes"] == "detections"
+
+    # predict: a folder of images, the whole image as the box.
+    images = sorted((data / "01_raw" / "synthetic" / "images" / "val2017").glob("*.jpg"))[:2]
+    (data / "01_raw" / "predict_images").mkdir(parents=True, exist_ok=True)
+    for image in images:
+        shutil.copy(image, data / "01_raw" / "predict_images" / image.name)
+    run_pipeline(kedro_project, "predict", FAST)
+    predicted = json.loads((data / "07_model_output" / "predicted_keypoints.json").read_text())
+    assert [p["file_name"] for p in predicted] == [i.name for i in images]
+    assert all(len(p["keypoints"]) == 51 for p in predicted)
+    overlays = sorted((data / "08_reporting" / "predict_overlays").glob("*.png"))
+    assert [o.stem for o in overlays] == [i.stem for i in images]
+
+    # ... and with a boxes file.
+    boxes = [{"file_name": images[0].name, "bbox": [10, 10, 80, 150], "score": 0.9}]
+    (kedro_project / "boxes.json").write_text(json.dumps(boxes))
+    run_pipeline(kedro_project, "predict", {**FAST, "predict.boxes_file": "boxes.json"})
+    predicted = json.loads((data / "07_model_output" / "predicted_keypoints.json").read_text())
+    assert len(predicted) == 1 and predicted[0]["file_name"] == images[0].name
+
+
+def test_evaluate_before_a_model_exists_names_the_command(kedro_project):
+    with pytest.raises(MissingUpstreamError, match=r"run `kedro run --pipeline=(retrain|search)` first"):
+        run_pipeline(kedro_project, "evaluate")
+
+
+def test_mpii_evaluation_reports_pckh(kedro_project):
+    mpii = {
+        **FAST,
+        "data.source": "synthetic_mpii",
+        "data.keypoint_spec": "mpii",
+        "sample.input_size": [64, 64],
+        "sample.heatmap_size": [16, 16],
+    }
+    run_pipeline(kedro_project, "search", mpii)
+    run_pipeline(kedro_project, "retrain", mpii)
+    run_pipeline(kedro_project, "evaluate", mpii)
+    metrics = json.loads((kedro_project / "data" / "08_reporting" / "evaluation_metrics.json").read_text())
+    assert set(metrics["overall"]) == {"Head", "Shoulder", "Elbow", "Wrist", "Hip", "Knee", "Ankle", "Mean", "Mean@0.1"}
+    assert 0.0 <= metrics["overall"]["Mean"] <= 100.0
