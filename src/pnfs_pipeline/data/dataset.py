@@ -154,6 +154,17 @@ class TopDownDataset(Dataset):
         }
 
 
+def train_and_val_datasets(
+    train_index: dict[str, Any],
+    val_index: dict[str, Any],
+    sample: SampleParams,
+    augmentation: AugmentationParams,
+    seed: int,
+) -> tuple[TopDownDataset, TopDownDataset]:
+    """The augmented training set and the plain validation set of a training run."""
+    return TopDownDataset(train_index, sample, augmentation, seed=seed), TopDownDataset(val_index, sample, None)
+
+
 def _seed_worker(worker_id: int) -> None:
     # Each worker gets a distinct, reproducible numpy/random state derived from the loader's seed.
     import random

@@ -15,7 +15,7 @@ from pnfs_pipeline.config import (
     SampleParams,
     parse_params,
 )
-from pnfs_pipeline.data.dataset import TopDownDataset
+from pnfs_pipeline.data.dataset import train_and_val_datasets
 from pnfs_pipeline.engine.trainer import TrainConfig, TrainingJob, run_training
 from pnfs_pipeline.nas.backbones import load_pretrained
 from pnfs_pipeline.nas.derived import DerivedNetwork, inherit_supernet_weights
@@ -49,15 +49,17 @@ def retrain_network(
     elif model_params.pretrained_backbone:
         load_pretrained(network.backbone, model_params.pretrained_backbone)
     logger.info("derived network: %.2f M parameters", count_parameters(network) / 1e6)
+    train_dataset, val_dataset = train_and_val_datasets(
+        train_samples,
+        val_samples,
+        sample_params,
+        parse_params(AugmentationParams, augmentation, "augmentation"),
+        seed=params.trainer.seed,
+    )
     job = TrainingJob(
         model_builder=functools.partial(DerivedNetwork, genotype),
-        train_dataset=TopDownDataset(
-            train_samples,
-            sample_params,
-            parse_params(AugmentationParams, augmentation, "augmentation"),
-            seed=params.trainer.seed,
-        ),
-        val_dataset=TopDownDataset(val_samples, sample_params, None),
+        train_dataset=train_dataset,
+        val_dataset=val_dataset,
         config=TrainConfig(**params.trainer.model_dump()),
         checkpoint_path=params.checkpoint_path,
         run_config={

@@ -15,7 +15,7 @@ from pnfs_pipeline.config import (
     SearchParams,
     parse_params,
 )
-from pnfs_pipeline.data.dataset import TopDownDataset
+from pnfs_pipeline.data.dataset import train_and_val_datasets
 from pnfs_pipeline.engine.trainer import TrainConfig, TrainingJob, run_training
 from pnfs_pipeline.keypoints import keypoint_spec_from_dict
 from pnfs_pipeline.nas.profile import size_report
@@ -50,15 +50,17 @@ def search_architecture(
     )
     log_metrics({"supernet_parameters_M": report["parameters_M"], "supernet_gmacs": report["gmacs"]})
     strategy_config = StrategyConfig(**search_params.strategy.model_dump())
+    train_dataset, val_dataset = train_and_val_datasets(
+        train_samples,
+        val_samples,
+        sample_params,
+        parse_params(AugmentationParams, augmentation, "augmentation"),
+        seed=search_params.trainer.seed,
+    )
     job = TrainingJob(
         model_builder=functools.partial(build_supernet, spec, model_params),
-        train_dataset=TopDownDataset(
-            train_samples,
-            sample_params,
-            parse_params(AugmentationParams, augmentation, "augmentation"),
-            seed=search_params.trainer.seed,
-        ),
-        val_dataset=TopDownDataset(val_samples, sample_params, None),
+        train_dataset=train_dataset,
+        val_dataset=val_dataset,
         config=TrainConfig(**search_params.trainer.model_dump()),
         strategy=strategy_config,
         checkpoint_path=search_params.checkpoint_path,
