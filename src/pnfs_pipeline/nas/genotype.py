@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from pnfs_pipeline.nas.cell import NUM_SLOTS, num_edges
+from pnfs_pipeline.nas.cell import num_edges
 from pnfs_pipeline.nas.fabric import fabric_layer_sizes, slot_sources
 from pnfs_pipeline.nas.ops import canonical_op_name
 
@@ -325,7 +325,6 @@ def kept_sources(genotype: dict[str, Any], part: str, name: str) -> dict[int, fl
 
 __all__ = [
     "GENOTYPE_FORMAT",
-    "NUM_SLOTS",
     "RULES",
     "GenotypeError",
     "GridShape",

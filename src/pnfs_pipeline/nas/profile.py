@@ -60,10 +60,11 @@ def measure_latency(
 
 
 def size_report(model: nn.Module, input_size: tuple[int, int]) -> dict[str, float]:
+    parameters, macs = count_parameters(model), count_macs(model, input_size)
     return {
-        "parameters": count_parameters(model),
-        "parameters_M": count_parameters(model) / 1e6,
-        "macs": count_macs(model, input_size),
-        "gmacs": count_macs(model, input_size) / 1e9,
+        "parameters": parameters,
+        "parameters_M": parameters / 1e6,
+        "macs": macs,
+        "gmacs": macs / 1e9,
         "input_size": list(input_size),
     }

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from matplotlib.figure import Figure
 
 from pnfs_pipeline.config import (
@@ -23,7 +24,7 @@ from pnfs_pipeline.data.synthetic import (
     generate_synthetic_dataset,
     synthetic_dataset_exists,
 )
-from pnfs_pipeline.keypoints import load_keypoint_spec
+from pnfs_pipeline.keypoints import keypoint_spec_from_dict, load_keypoint_spec
 from pnfs_pipeline.viz.skeleton import plot_augmented_samples
 
 logger = logging.getLogger(__name__)
@@ -77,8 +78,6 @@ def summarize_samples(
     train_samples: dict[str, Any], val_samples: dict[str, Any], val_detection_samples: dict[str, Any]
 ) -> dict[str, Any]:
     """Counts and visibility histograms for a person to check before training."""
-    from pnfs_pipeline.keypoints import keypoint_spec_from_dict
-
     spec = keypoint_spec_from_dict(train_samples["keypoint_spec"], source="train_samples")
     indexes = {"train": train_samples, "val": val_samples, "val_detections": val_detection_samples}
     summary = sample_index.summarize_indexes(indexes, spec)
@@ -105,8 +104,6 @@ def plot_sample_preview(
         parse_params(AugmentationParams, augmentation, "augmentation"),
         seed=preview_params.seed,
     )
-    import numpy as np
-
     rng = np.random.default_rng(preview_params.seed)
     count = min(preview_params.num_samples, len(dataset))
     chosen = sorted(rng.choice(len(dataset), size=count, replace=False).tolist())
