@@ -36,6 +36,7 @@ from pnfs_pipeline.engine.distributed import (
     launch,
 )
 from pnfs_pipeline.engine.loss import joints_mse_loss
+from pnfs_pipeline.nas.fast_depthwise import use_fast_depthwise
 from pnfs_pipeline.nas.strategies import SearchStrategy
 
 logger = logging.getLogger(__name__)
@@ -146,6 +147,10 @@ class Trainer:
         self.model = model.to(self.device)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if self.device.type == "cpu":
+            # Exact, faster on the CPU, and sidesteps PyTorch's wrong bf16 channels_last gradient
+            # for dilated depthwise convolutions (see nas/fast_depthwise.py).
+            use_fast_depthwise(self.model)
         self.strategy = strategy_factory(self.model, config.epochs) if strategy_factory else None
         if self.strategy is not None:
             self.strategy.sync_gradients = lambda grads: all_reduce_mean(grads, self.context)

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pnfs_pipeline.nas.mixing import weighted_sum
 from pnfs_pipeline.nas.ops import UpsampleConnect, build_connection, build_op, canonical_op_names
 
 NUM_SLOTS = 3  # parallel, above (finer), below (coarser)
@@ -42,11 +43,7 @@ class MixedOp(nn.Module):
             if self.op_names[active] == "zero":
                 return x.new_zeros(x.shape) * weights[active]
             return self.ops[active](x) * (weights[active] * scale)
-        total = None
-        for i in self.live:
-            term = self.ops[i](x) * weights[i]
-            total = term if total is None else total + term
-        return total * scale
+        return weighted_sum(weights[self.live], [self.ops[i](x) for i in self.live], scale)
 
 
 class Cell(nn.Module):
@@ -109,8 +106,7 @@ class Cell(nn.Module):
         source_weights = [None] * len(self.sources)
         for slot, k in enumerate(self.slot_to_source):
             source_weights[k] = beta[slot] if source_weights[k] is None else source_weights[k] + beta[slot]
-        mixed = sum(w * x for w, x in zip(source_weights, connected, strict=True))
-        node = F.relu(mixed * float(NUM_SLOTS))
+        node = F.relu(weighted_sum(source_weights, connected, float(NUM_SLOTS)))
         states = [node]
         if self.input_nodes == 2:
             # The second input node is the same-scale input on its own (DARTS' second cell input).
