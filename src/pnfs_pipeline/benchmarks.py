@@ -260,8 +260,12 @@ def data_loader_benchmark(workers: list[int], samples: int) -> dict[str, float]:
         spec = load_keypoint_spec("coco")
         sample = SampleParams(input_size=(192, 256), heatmap_size=(48, 64))
         index = build_sample_indexes(validate_raw_data(locate_raw_data(data), spec, data, sample), spec, data)["train"]
-        dataset = TopDownDataset(index, sample, AugmentationParams())
-        for count in workers:
+        runs = [(f"workers_{count}", count, False) for count in workers] + [("workers_0_cached_images", 0, True)]
+        for name, count, cached in runs:
+            dataset = TopDownDataset(index, sample.model_copy(update={"cache_images": cached}), AugmentationParams())
+            if cached:  # measure the steady state: every image decoded once beforehand
+                for i in range(len(dataset)):
+                    dataset[i]
             loader = make_data_loader(dataset, batch_size=16, shuffle=True, seed=0, num_workers=count)
             seen, start = 0, time.perf_counter()
             while seen < samples:
@@ -269,7 +273,7 @@ def data_loader_benchmark(workers: list[int], samples: int) -> dict[str, float]:
                     seen += batch["image"].shape[0]
                     if seen >= samples:
                         break
-            results[f"workers_{count}"] = seen / (time.perf_counter() - start)
+            results[name] = seen / (time.perf_counter() - start)
     return results
 
 

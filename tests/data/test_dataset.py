@@ -66,3 +66,24 @@ def test_loader_batches_and_a_missing_image_names_the_file(train_index, coco_roo
     (coco_root / "images" / "train2017" / "000000000001.jpg").unlink()
     with pytest.raises(ImageReadError, match="000000000001.jpg"):
         TopDownDataset(train_index, SAMPLE)[0]
+
+
+def test_cached_images_give_the_same_samples_and_are_decoded_once(train_index, monkeypatch):
+    import pnfs_pipeline.data.dataset as dataset_module
+
+    aug = AugmentationParams(flip=True, rotation_prob=1.0)
+    plain = TopDownDataset(train_index, SAMPLE, aug, seed=1)
+    cached = TopDownDataset(train_index, SAMPLE.model_copy(update={"cache_images": True}), aug, seed=1)
+    reads = []
+    original_read = dataset_module.read_rgb_image
+    monkeypatch.setattr(dataset_module, "read_rgb_image", lambda path: reads.append(path) or original_read(path))
+    for epoch in range(2):
+        plain.set_epoch(epoch)
+        cached.set_epoch(epoch)
+        for i in range(len(plain)):
+            got, want = cached[i], plain[i]
+            torch.testing.assert_close(got["image"], want["image"])
+            torch.testing.assert_close(got["heatmaps"], want["heatmaps"])
+    images = {record["image"] for record in train_index["samples"]}
+    cached_reads = len(reads) - 2 * len(plain)  # the plain dataset reads on every access
+    assert cached_reads == len(images)

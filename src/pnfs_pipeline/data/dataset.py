@@ -84,6 +84,7 @@ class TopDownDataset(Dataset):
         self.epoch = 0
         self._flip_permutation = self.spec.flip_permutation()
         self._joint_weights = np.asarray(self.spec.joint_weights) if sample.use_joint_weights else None
+        self._decoded: dict[str, np.ndarray] | None = {} if sample.cache_images and images is None else None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -117,6 +118,10 @@ class TopDownDataset(Dataset):
         record = self.samples[idx]
         if self.images is not None:
             image = self.images[record["image"]]
+        elif self._decoded is not None:
+            image = self._decoded.get(record["image"])
+            if image is None:
+                image = self._decoded[record["image"]] = read_rgb_image(self.image_root / record["image"])
         else:
             image = read_rgb_image(self.image_root / record["image"])
         original_keypoints = np.asarray(record["keypoints"], dtype=np.float64)
