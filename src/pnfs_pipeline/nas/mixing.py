@@ -1,11 +1,11 @@
 """The weighted sums at the heart of the supernet: ``scale * sum_k w_k * x_k``.
 
 Every cell mixes its inputs with beta weights and every edge mixes its candidate ops with alpha
-weights. Written as ``sum(w * x)`` autograd keeps K products, K-1 sums and a scaling pass, and
-gets each weight's gradient by materialising ``grad * x_k`` before summing it. On the CPU these
-feature-map-sized passes are memory-bound and cost about as much as the depthwise convolutions
-themselves, so the sum is one function: the forward accumulates in place (one pass per term) and
-the backward takes each weight's gradient as a dot product that writes nothing.
+weights. Written as ``sum(w * x)``, autograd keeps K products, K-1 sums and a scaling pass, and
+gets each weight's gradient by materialising ``grad * x_k`` before summing it. Here the forward
+accumulates in place (one pass per term) and the backward takes each weight's gradient as a dot
+product. It saves memory traffic and temporaries; on 2 CPU cores the measured speed-up of a
+supernet step was within run-to-run noise (a few per cent), the depthwise kernels dominate.
 """
 
 from __future__ import annotations
