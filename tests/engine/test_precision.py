@@ -35,3 +35,14 @@ def test_training_with_optimisations_stays_close_to_fp32(precision, channels_las
     optimised = run_training(job(precision=precision, channels_last=channels_last))
     assert optimised.history[0]["train_loss"] == pytest.approx(reference.history[0]["train_loss"], rel=0.05)
     assert optimised.history[0]["val_loss"] == pytest.approx(reference.history[0]["val_loss"], rel=0.05)
+
+
+def test_cpu_training_uses_the_exact_depthwise_rewrites():
+    from pnfs_pipeline.engine.trainer import Trainer
+    from pnfs_pipeline.nas.fast_depthwise import FastDepthwiseConv2d
+    from pnfs_pipeline.nas.ops import build_op
+
+    model = tiny_supernet()
+    model.extra_op = build_op("atr_conv_3x3", 4)  # a dilated depthwise conv the tiny fabric lacks
+    Trainer(model, RandomPoses(4), RandomPoses(2), TrainConfig(epochs=1, batch_size=2, device="cpu"))
+    assert isinstance(model.extra_op[0], FastDepthwiseConv2d)
