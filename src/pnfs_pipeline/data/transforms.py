@@ -59,6 +59,14 @@ def warp_image(image: np.ndarray, matrix: np.ndarray, output_size: tuple[int, in
     )
 
 
+def mirrored_affine(matrix: np.ndarray, image_width: int) -> np.ndarray:
+    """``matrix`` applied after mirroring an image of ``image_width`` pixels (x -> W - 1 - x)."""
+    mirrored = matrix.copy()
+    mirrored[:, 0] = -matrix[:, 0]
+    mirrored[:, 2] = matrix[:, 2] + matrix[:, 0] * (image_width - 1)
+    return mirrored
+
+
 def flip_keypoints(keypoints: np.ndarray, image_width: int, flip_permutation: np.ndarray) -> np.ndarray:
     """Mirror ``(K, 3)`` keypoints about the vertical axis and swap left/right partners."""
     flipped = keypoints.copy()
