@@ -233,6 +233,7 @@ class TrainerParams(StrictModel):
     val_max_batches: int | None = Field(None, ge=1)
     threads: int | None = Field(None, ge=1)  # torch CPU threads; None keeps torch's default
     nproc_per_node: int = Field(1, ge=1)  # > 1: local DistributedDataParallel workers
+    heatmap_foreground_weight: float = Field(0.0, ge=0)  # 0: the paper's plain heatmap MSE
 
 
 class SearchParams(StrictModel):

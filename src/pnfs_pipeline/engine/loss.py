@@ -5,8 +5,19 @@ from __future__ import annotations
 import torch
 
 
-def joints_mse_loss(pred: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """0.5 * target-weighted MSE per joint, averaged over joints and samples (HRNet / PNFS)."""
+def joints_mse_loss(
+    pred: torch.Tensor, batch: dict[str, torch.Tensor], foreground_weight: float = 0.0
+) -> torch.Tensor:
+    """0.5 * target-weighted MSE per joint, averaged over joints and samples (HRNet / PNFS).
+
+    With ``foreground_weight`` w > 0 each pixel's squared error counts ``1 + w * target`` times:
+    the few pixels around a keypoint then weigh as much as the large background that otherwise
+    dominates the mean (the weighted loss map of Wang et al., Adaptive Wing Loss, ICCV 2019,
+    with the target itself as a soft mask). 0 is the paper's plain MSE.
+    """
     target, weight = batch["heatmaps"], batch["target_weight"]
-    per_joint = ((pred.float() - target) ** 2).mean(dim=(2, 3))
+    squared = (pred.float() - target) ** 2
+    if foreground_weight:
+        squared = squared * (1.0 + foreground_weight * target)
+    per_joint = squared.mean(dim=(2, 3))
     return 0.5 * (per_joint * weight).mean()

@@ -7,6 +7,7 @@ checkpoint in place.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -67,6 +68,7 @@ class TrainConfig:
     val_max_batches: int | None = None
     threads: int | None = None  # torch CPU threads; None keeps torch's default
     nproc_per_node: int = 1  # > 1: launch local workers (DistributedDataParallel)
+    heatmap_foreground_weight: float = 0.0  # 0: plain MSE; w: pixels weigh 1 + w * target
 
     def __post_init__(self) -> None:
         checks = {
@@ -80,6 +82,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be one of {list(valid)}, got {value!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("epochs, batch_size and lr must be positive")
+        if self.heatmap_foreground_weight < 0:
+            raise ValueError(f"heatmap_foreground_weight must be >= 0, got {self.heatmap_foreground_weight}")
         if self.nproc_per_node < 1:
             raise ValueError(f"nproc_per_node must be >= 1, got {self.nproc_per_node}")
 
@@ -133,7 +137,7 @@ class Trainer:
         checkpoint_path: str | Path | None = None,
         run_config: dict[str, Any] | None = None,
         on_epoch_end: Callable[[int, dict[str, Any], nn.Module], None] | None = None,
-        loss_fn: Callable = joints_mse_loss,
+        loss_fn: Callable | None = None,
         context: DistributedContext | None = None,
     ) -> None:
         self.config = config
@@ -176,7 +180,9 @@ class Trainer:
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
         self.run_config = run_config or {}
         self.on_epoch_end = on_epoch_end
-        self.loss_fn = loss_fn
+        self.loss_fn = loss_fn or functools.partial(
+            joints_mse_loss, foreground_weight=config.heatmap_foreground_weight
+        )
         self.optimizer = self._make_optimizer()
         self.scheduler = self._make_scheduler()
         self.start_epoch = 0

@@ -1,0 +1,42 @@
+import pytest
+import torch
+
+from pnfs_pipeline.config import RetrainParams, parse_params
+from pnfs_pipeline.data.targets import gaussian_heatmaps
+from pnfs_pipeline.engine.loss import joints_mse_loss
+from pnfs_pipeline.engine.trainer import TrainConfig
+
+
+def _batch():
+    import numpy as np
+
+    keypoints = np.array([[5.3, 7.6, 2.0], [2.0, 3.0, 0.0]])
+    heatmaps, weight = gaussian_heatmaps(keypoints, (12, 16), 1.5)
+    return {"heatmaps": torch.from_numpy(heatmaps)[None], "target_weight": torch.from_numpy(weight)[None]}
+
+
+def test_plain_loss_is_half_the_weighted_mean_squared_error():
+    batch = _batch()
+    pred = torch.rand_like(batch["heatmaps"])
+    expected = 0.5 * ((pred[0, 0] - batch["heatmaps"][0, 0]) ** 2).mean() / 2  # joint 1 is not labelled
+    assert joints_mse_loss(pred, batch).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert joints_mse_loss(pred, batch, foreground_weight=0.0).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_foreground_weight_makes_an_error_at_the_keypoint_cost_more_than_one_in_the_background():
+    batch = _batch()
+    at_peak, in_background = batch["heatmaps"].clone(), batch["heatmaps"].clone()
+    at_peak[0, 0, 8, 5] += 0.5  # the target's peak pixel (value ~0.9)
+    in_background[0, 0, 0, 11] += 0.5  # a corner, where the target is ~0
+    plain = [joints_mse_loss(p, batch).item() for p in (at_peak, in_background)]
+    weighted = [joints_mse_loss(p, batch, foreground_weight=9.0).item() for p in (at_peak, in_background)]
+    assert plain[0] == pytest.approx(plain[1])
+    peak_value = batch["heatmaps"][0, 0, 8, 5].item()
+    assert weighted[0] / weighted[1] == pytest.approx(1 + 9.0 * peak_value, rel=1e-3)
+
+
+def test_negative_foreground_weight_fails_naming_the_parameter():
+    with pytest.raises(ValueError, match="heatmap_foreground_weight"):
+        parse_params(RetrainParams, {"trainer": {"heatmap_foreground_weight": -1.0}}, "retrain")
+    with pytest.raises(ValueError, match="heatmap_foreground_weight"):
+        TrainConfig(heatmap_foreground_weight=-1.0)
