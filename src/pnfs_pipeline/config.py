@@ -262,6 +262,7 @@ class EvaluateParams(StrictModel):
     boxes: Literal["ground_truth", "detections"] = "ground_truth"
     flip_test: bool = True
     decode: Literal["argmax", "dark"] = "argmax"
+    flip_shift: Literal["exact", "reference"] = "exact"  # sub-pixel flip-back, or the reference's 1 px
     batch_size: int = Field(32, ge=1)
     vis_threshold: float = Field(0.2, ge=0.0, le=1.0)
     nms: Literal["oks", "soft", "none"] = "oks"
@@ -275,6 +276,7 @@ class PredictParams(StrictModel):
     boxes_file: str | None = None  # JSON list of {file_name, bbox: [x, y, w, h], score}
     flip_test: bool = True
     decode: Literal["argmax", "dark"] = "argmax"
+    flip_shift: Literal["exact", "reference"] = "exact"
     batch_size: int = Field(16, ge=1)
     vis_threshold: float = Field(0.2, ge=0.0, le=1.0)
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -11,7 +11,12 @@ from pnfs_pipeline.evaluation.coco_eval import (
     oks_nms,
     soft_oks_nms,
 )
-from pnfs_pipeline.evaluation.decode import decode_heatmaps, flip_back, heatmap_to_image
+from pnfs_pipeline.evaluation.decode import (
+    decode_heatmaps,
+    exact_flip_shift,
+    flip_back,
+    heatmap_to_image,
+)
 from pnfs_pipeline.evaluation.pckh import pckh, pckh_table
 from pnfs_pipeline.evaluation.predict import predict_heatmaps
 from pnfs_pipeline.keypoints import load_keypoint_spec
@@ -49,6 +54,32 @@ def test_flip_back_swaps_mirrors_and_shifts():
     assert back[0, 2, 3, 5] == 1.0 and back[0, 1].sum() == 0
 
 
+@pytest.mark.parametrize("input_width, heatmap_width", [(72, 18), (192, 48), (96, 48)])
+def test_exact_flip_shift_puts_the_flipped_prediction_where_the_keypoint_is(input_width, heatmap_width):
+    """A net that predicts each keypoint exactly, run on the mirrored input, flipped back: the
+    heatmap's centre of mass returns to the keypoint; the reference one-pixel shift overshoots."""
+    stride = input_width / heatmap_width
+    x_input = 31.3  # a keypoint in input pixels
+    mirrored_x = input_width - 1 - x_input
+    keypoints = np.zeros((17, 3))
+    keypoints[:, 1] = 5.0
+    keypoints[2] = [mirrored_x / stride, 5.0, 2]  # the left eye appears as the right eye when mirrored
+    heatmaps, _ = gaussian_heatmaps(keypoints, (heatmap_width, 12), sigma=1.0)
+    permutation = COCO.flip_permutation()
+    columns = torch.arange(heatmap_width, dtype=torch.float64)
+
+    def centre_of_mass(shift: float) -> float:
+        back = flip_back(torch.from_numpy(heatmaps)[None].double(), permutation, shift)[0, 1]
+        return float((back.sum(0) * columns).sum() / back.sum())
+
+    exact = exact_flip_shift(input_width, heatmap_width)
+    assert exact == pytest.approx(1 - 1 / stride)
+    assert centre_of_mass(exact) == pytest.approx(x_input / stride, abs=1e-6)
+    assert centre_of_mass(1.0) - x_input / stride == pytest.approx(1 / stride, abs=1e-6)
+    with pytest.raises(ValueError, match="flip shift"):
+        flip_back(torch.from_numpy(heatmaps)[None], permutation, 1.5)
+
+
 def test_flip_test_of_a_symmetric_input_is_symmetric():
     """A mirror-equivariant model on a mirror-symmetric input: the flip-test output is symmetric."""
     permutation = COCO.flip_permutation()
@@ -62,8 +93,8 @@ def test_flip_test_of_a_symmetric_input_is_symmetric():
     image = image + image.flip(-1)
     averaged = predict_heatmaps(conv.eval(), image, permutation)
     # Without the one-pixel shift the average is exactly symmetric under mirror + pair swap.
-    plain = 0.5 * (conv(image) + flip_back(conv(image.flip(-1)), permutation, shift=False))
-    torch.testing.assert_close(plain, flip_back(plain, permutation, shift=False))
+    plain = 0.5 * (conv(image) + flip_back(conv(image.flip(-1)), permutation, shift=0.0))
+    torch.testing.assert_close(plain, flip_back(plain, permutation, shift=0.0))
     # With the reference code's shift, columns 1.. of the flipped branch are the mirror, shifted.
     flipped_branch = 2 * averaged - conv(image)
     torch.testing.assert_close(flipped_branch[..., 1:], plain[..., :-1] * 2 - conv(image)[..., :-1])

@@ -2,7 +2,7 @@
 
 Argmax with a quarter-pixel shift toward the higher neighbour (HRNet), optional DARK refinement
 (a Taylor step on the log of the smoothed heatmap), and the flip test (flip the input, swap
-left/right channels, shift one pixel, average).
+left/right channels, shift back by the exact sub-pixel offset, average).
 """
 
 from __future__ import annotations
@@ -103,14 +103,27 @@ def heatmap_to_image(
     return result
 
 
-def flip_back(heatmaps: torch.Tensor, flip_permutation: np.ndarray, shift: bool = True) -> torch.Tensor:
-    """Undo an input flip on ``(N, K, H, W)`` heatmaps: mirror, swap partners, shift one pixel.
+def flip_back(heatmaps: torch.Tensor, flip_permutation: np.ndarray, shift: float = 1.0) -> torch.Tensor:
+    """Undo an input flip on ``(N, K, H, W)`` heatmaps: mirror, swap partners, shift right.
 
-    The one-pixel shift is the reference code's correction for flipping about the pixel grid
-    rather than the crop's center line.
+    Mirroring the input maps input x to ``W_in - 1 - x`` but mirroring the heatmap maps u to
+    ``W_hm - 1 - u``; with u = x / stride the two differ by ``1 - 1 / stride`` heatmap pixels
+    (0.75 at stride 4), see :func:`exact_flip_shift`. The reference code shifts a whole pixel,
+    which leaves the flipped half 0.25 px to the right; a fractional ``shift`` in [0, 1]
+    interpolates linearly between the unshifted and the one-pixel-shifted maps.
     """
+    if not 0.0 <= shift <= 1.0:
+        raise ValueError(f"flip shift must be in [0, 1] heatmap pixels, got {shift}")
     flipped = heatmaps.flip(-1)[:, torch.as_tensor(flip_permutation, device=heatmaps.device)]
-    if shift:
-        flipped = flipped.clone()
-        flipped[..., 1:] = flipped[..., :-1].clone()
-    return flipped
+    if shift == 0.0:
+        return flipped
+    moved = flipped.clone()
+    moved[..., 1:] = flipped[..., :-1]
+    if shift == 1.0:
+        return moved
+    return torch.lerp(flipped, moved, shift)
+
+
+def exact_flip_shift(input_width: int, heatmap_width: int) -> float:
+    """The heatmap shift that exactly undoes an input flip: ``1 - heatmap_width / input_width``."""
+    return 1.0 - heatmap_width / input_width

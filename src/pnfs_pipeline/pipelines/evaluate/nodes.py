@@ -45,6 +45,7 @@ def predict_validation(
         flip_test=params.flip_test,
         decode=params.decode,
         device=resolve_device(params.device),
+        flip_shift=params.flip_shift,
     )
     return {
         "boxes": params.boxes,

@@ -45,6 +45,7 @@ def predict_images(
         flip_test=params.flip_test,
         decode=params.decode,
         device=resolve_device(params.device),
+        flip_shift=params.flip_shift,
     )
     scores = rescore(predictions["keypoints"], predictions["scores"], params.vis_threshold)
     results, per_image = [], {}
