@@ -1,0 +1,41 @@
+"""The real-data environments (conf/coco, conf/mpii) merge over conf/base into valid parameters."""
+
+from pathlib import Path
+
+import pytest
+from kedro.config import OmegaConfigLoader
+
+from pnfs_pipeline.config import (
+    AugmentationParams,
+    DataParams,
+    ModelParams,
+    RetrainParams,
+    SampleParams,
+    SearchParams,
+    parse_params,
+)
+from pnfs_pipeline.settings import CONFIG_LOADER_ARGS
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+
+
+def _parameters(env: str) -> dict:
+    loader = OmegaConfigLoader(conf_source=str(CONF), env=env, **CONFIG_LOADER_ARGS)
+    return loader["parameters"]
+
+
+@pytest.mark.parametrize("env, backbone", [("coco", "mobilenet_v2"), ("mpii", "hrnet_w32")])
+def test_real_data_environment_has_the_seed_schedule(env, backbone):
+    params = _parameters(env)
+    assert parse_params(DataParams, params["data"], "data").source == env
+    assert parse_params(ModelParams, params["model"], "model").backbone == backbone
+    parse_params(SampleParams, params["sample"], "sample")
+    parse_params(AugmentationParams, params["augmentation"], "augmentation")
+    search = parse_params(SearchParams, params["search"], "search")
+    retrain = parse_params(RetrainParams, params["retrain"], "retrain")
+    for trainer in (search.trainer, retrain.trainer):
+        assert (trainer.epochs, trainer.batch_size, trainer.lr) == (200, 24, 0.001)
+        assert trainer.scheduler == "multistep" and list(trainer.lr_steps) == [90, 120, 150]
+        assert trainer.heatmap_foreground_weight == 0.0
+    # Keys the environment does not set still come from conf/base (soft merge).
+    assert search.strategy.name == params["search"]["strategy"]["name"] == "sync"
