@@ -234,6 +234,7 @@ class TrainerParams(StrictModel):
     threads: int | None = Field(None, ge=1)  # torch CPU threads; None keeps torch's default
     nproc_per_node: int = Field(1, ge=1)  # > 1: local DistributedDataParallel workers
     heatmap_foreground_weight: float = Field(0.0, ge=0)  # 0: the paper's plain heatmap MSE
+    ohkm_topk: int = Field(0, ge=0)  # > 0: online hard keypoint mining over the k hardest joints
 
 
 class SearchParams(StrictModel):

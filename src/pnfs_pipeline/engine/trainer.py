@@ -69,6 +69,7 @@ class TrainConfig:
     threads: int | None = None  # torch CPU threads; None keeps torch's default
     nproc_per_node: int = 1  # > 1: launch local workers (DistributedDataParallel)
     heatmap_foreground_weight: float = 0.0  # 0: plain MSE; w: pixels weigh 1 + w * target
+    ohkm_topk: int = 0  # > 0: only each sample's k hardest keypoints enter the loss
 
     def __post_init__(self) -> None:
         checks = {
@@ -84,6 +85,8 @@ class TrainConfig:
             raise ValueError("epochs, batch_size and lr must be positive")
         if self.heatmap_foreground_weight < 0:
             raise ValueError(f"heatmap_foreground_weight must be >= 0, got {self.heatmap_foreground_weight}")
+        if self.ohkm_topk < 0:
+            raise ValueError(f"ohkm_topk must be >= 0, got {self.ohkm_topk}")
         if self.nproc_per_node < 1:
             raise ValueError(f"nproc_per_node must be >= 1, got {self.nproc_per_node}")
 
@@ -181,7 +184,7 @@ class Trainer:
         self.run_config = run_config or {}
         self.on_epoch_end = on_epoch_end
         self.loss_fn = loss_fn or functools.partial(
-            joints_mse_loss, foreground_weight=config.heatmap_foreground_weight
+            joints_mse_loss, foreground_weight=config.heatmap_foreground_weight, ohkm_topk=config.ohkm_topk
         )
         self.optimizer = self._make_optimizer()
         self.scheduler = self._make_scheduler()
