@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -8,8 +9,6 @@ from pnfs_pipeline.engine.trainer import TrainConfig
 
 
 def _batch():
-    import numpy as np
-
     keypoints = np.array([[5.3, 7.6, 2.0], [2.0, 3.0, 0.0]])
     heatmaps, weight = gaussian_heatmaps(keypoints, (12, 16), 1.5)
     return {"heatmaps": torch.from_numpy(heatmaps)[None], "target_weight": torch.from_numpy(weight)[None]}
