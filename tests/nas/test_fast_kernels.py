@@ -126,3 +126,22 @@ def test_benchmark_training_row_runs_in_its_own_process():
     for mode in TRAINING_MODES:
         row = measure_training("mobilenet_v2_CNFx3", (32, 32), 2, 1, torch.device("cpu"), mode, 1)
         assert row["images_per_second"] > 0 and row["peak_memory_mb"] > 0
+
+
+def test_vector_head_gives_the_same_heatmaps_and_gradients_in_both_memory_formats():
+    from pnfs_pipeline.nas.supernet import HeadConfig, PartHead
+
+    torch.manual_seed(0)
+    head = PartHead(8, 5, HeadConfig(vector_in_pixel=True, vector_dim=4, convolution_mode="2D"))
+    fast = copy.deepcopy(head).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 8, 6, 5)
+    grad = torch.randn(2, 5, 6, 5)
+    results = []
+    for module, inp in ((head, x), (fast, x.contiguous(memory_format=torch.channels_last))):
+        inp = inp.clone().requires_grad_()
+        out = module(inp)
+        out.backward(grad)
+        results.append((out.detach(), inp.grad, module.conv.weight.grad))
+    assert results[1][0].shape == (2, 5, 6, 5)
+    for plain, channels_last in zip(results[0], results[1], strict=True):
+        torch.testing.assert_close(channels_last, plain, rtol=1e-5, atol=1e-6)
