@@ -145,3 +145,39 @@ def test_vector_head_gives_the_same_heatmaps_and_gradients_in_both_memory_format
     assert results[1][0].shape == (2, 5, 6, 5)
     for plain, channels_last in zip(results[0], results[1], strict=True):
         torch.testing.assert_close(channels_last, plain, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("kind", ["atr_conv_3x3", "sep_conv_3x3", "reduce", "upsample", "skip_connect"])
+def test_scale_folded_into_batch_norm_equals_scaling_the_output(kind, training):
+    from pnfs_pipeline.nas.ops import ReduceConnect, UpsampleConnect, scaled_forward
+
+    torch.manual_seed(0)
+    connections = {"reduce": ReduceConnect, "upsample": UpsampleConnect}
+    plain = connections[kind](4, 4) if kind in connections else build_op(kind, 4)
+    for module in plain.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.5, 2)
+            if module.affine:
+                nn.init.uniform_(module.weight, 0.5, 2)
+                nn.init.uniform_(module.bias, -1, 1)
+    folded = copy.deepcopy(plain)
+    plain.train(training)
+    folded.train(training)
+    x = torch.randn(3, 4, 8, 6)
+    grad = torch.randn(3, 4, *{"reduce": (4, 3), "upsample": (16, 12)}.get(kind, (8, 6)))
+    fold = (lambda m, t: m(t, factor=2.7)) if kind == "upsample" else (lambda m, t: scaled_forward(m, t, 2.7))
+    outputs = []
+    for module, run in ((plain, lambda m, t: m(t) * 2.7), (folded, fold)):
+        inp = x.clone().requires_grad_()
+        out = run(module, inp)
+        out.backward(grad)
+        outputs.append((out.detach(), inp.grad, [p.grad for p in module.parameters()], list(module.buffers())))
+    torch.testing.assert_close(outputs[1][0], outputs[0][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(outputs[1][1], outputs[0][1], rtol=1e-5, atol=1e-5)
+    for folded_grad, plain_grad in zip(outputs[1][2], outputs[0][2], strict=True):
+        # A conv bias before a training-mode BatchNorm has a gradient of rounding size only.
+        torch.testing.assert_close(folded_grad, plain_grad, rtol=1e-4, atol=1e-4)
+    for folded_buffer, plain_buffer in zip(outputs[1][3], outputs[0][3], strict=True):
+        torch.testing.assert_close(folded_buffer, plain_buffer)

@@ -17,7 +17,13 @@ from torch import nn
 from pnfs_pipeline.nas.backbones import build_backbone
 from pnfs_pipeline.nas.cell import NUM_SLOTS
 from pnfs_pipeline.nas.genotype import GridShape, kept_sources, parse_cell_name, validate_genotype
-from pnfs_pipeline.nas.ops import UpsampleConnect, build_connection, build_op, canonical_op_name
+from pnfs_pipeline.nas.ops import (
+    UpsampleConnect,
+    build_connection,
+    build_op,
+    canonical_op_name,
+    scaled_forward,
+)
 from pnfs_pipeline.nas.supernet import HeadConfig, PartHead
 
 
@@ -35,7 +41,7 @@ class DerivedEdge(nn.Module):
             return torch.zeros_like(x)
         total = None
         for weight, op in zip(self.weights, self.ops, strict=True):
-            term = op(x) * (weight * self.scale)
+            term = scaled_forward(op, x, weight * self.scale)
             total = term if total is None else total + term
         return total
 
@@ -66,19 +72,20 @@ class DerivedCell(nn.Module):
 
     def forward(self, previous: dict[int, torch.Tensor]) -> torch.Tensor:
         target_size = None
-        connected = {}
-        for s in self.source_scales:
+        weighted = {}
+        for s, w in zip(self.source_scales, self.source_weights, strict=True):
             module = self.connections[str(s)]
             if not isinstance(module, UpsampleConnect):
-                connected[s] = module(previous[s])
-                target_size = connected[s].shape[-2:]
-        for s in self.source_scales:
-            if s not in connected:
-                connected[s] = self.connections[str(s)](previous[s], target_size)
-        node = F.relu(sum(w * connected[s] for w, s in zip(self.source_weights, self.source_scales, strict=True)))
+                weighted[s] = scaled_forward(module, previous[s], w)
+                target_size = weighted[s].shape[-2:]
+        for s, w in zip(self.source_scales, self.source_weights, strict=True):
+            if s not in weighted:
+                weighted[s] = self.connections[str(s)](previous[s], target_size, factor=w)
+        node = F.relu(sum(weighted[s] for s in self.source_scales))
         states = [node]
         if self.input_nodes == 2:
-            states.append(connected.get(self.scale, node))
+            # The same-scale source is an identity connection: its unweighted input is at hand.
+            states.append(previous[self.scale] if self.scale in weighted else node)
         edge = 0
         for _ in range(self.hidden_states):
             hidden = None

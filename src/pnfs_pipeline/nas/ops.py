@@ -121,6 +121,56 @@ def build_op(name: str, channels: int) -> nn.Module:
     return OPS[canonical_op_name(name)](channels)
 
 
+# ---- constant output scales folded into BatchNorm ------------------------------------------
+
+
+def scaled_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, factor: float) -> torch.Tensor:
+    """``factor * bn(x)`` in one pass, the factor folded into the normalisation's affine weights.
+
+    The derived network keeps the supernet's constant mixing scales; multiplying each op's output
+    by its scale costs a full read and write of the map, forward and backward. Running
+    statistics are updated exactly as ``bn(x)`` would update them.
+    """
+    momentum = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:
+            momentum = 1.0 / float(bn.num_batches_tracked)
+    use_batch_statistics = bn.training or (bn.running_mean is None and bn.running_var is None)
+    keep_statistics = not bn.training or bn.track_running_stats
+    if bn.affine:
+        weight, bias = bn.weight * factor, bn.bias * factor
+    else:
+        weight, bias = torch.full((x.shape[1],), float(factor), device=x.device), None
+    return F.batch_norm(
+        x,
+        bn.running_mean if keep_statistics else None,
+        bn.running_var if keep_statistics else None,
+        weight,
+        bias,
+        use_batch_statistics,
+        momentum,
+        bn.eps,
+    )
+
+
+def scaled_forward(module: nn.Module, x: torch.Tensor, factor: float) -> torch.Tensor:
+    """``factor * module(x)``, folded into a final BatchNorm (optionally followed by ReLU, which
+    commutes with a positive factor) when the module is a Sequential that ends that way."""
+    if isinstance(module, nn.Sequential) and factor > 0:
+        layers = list(module)
+        relu = bool(layers) and type(layers[-1]) is nn.ReLU
+        if relu:
+            layers.pop()
+        if layers and type(layers[-1]) is nn.BatchNorm2d:
+            bn = layers.pop()
+            for layer in layers:
+                x = layer(x)
+            out = scaled_batch_norm(bn, x, factor)
+            return F.relu(out) if relu else out
+    return module(x) * factor
+
+
 # ---- connections between scales (the cell's input pre-processing) ------------------------------
 
 
@@ -141,8 +191,9 @@ class UpsampleConnect(nn.Module):
         self.conv = nn.Conv2d(in_channels, out_channels, 1)
         self.bn = nn.BatchNorm2d(out_channels)
 
-    def forward(self, x: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
-        x = self.bn(self.conv(x))
+    def forward(self, x: torch.Tensor, size: tuple[int, int] | None = None, factor: float = 1.0) -> torch.Tensor:
+        """``factor`` scales the output (folded into the BatchNorm; bilinear resizing is linear)."""
+        x = self.bn(self.conv(x)) if factor == 1.0 else scaled_batch_norm(self.bn, self.conv(x), factor)
         target = size if size is not None else (x.shape[-2] * 2, x.shape[-1] * 2)
         return F.interpolate(x, size=target, mode="bilinear", align_corners=True)
 
