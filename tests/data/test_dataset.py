@@ -3,7 +3,15 @@ import pytest
 import torch
 
 from pnfs_pipeline.config import AugmentationParams, DataParams, SampleParams
-from pnfs_pipeline.data.dataset import ImageReadError, TopDownDataset, make_data_loader
+from pnfs_pipeline.data.dataset import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImageReadError,
+    TopDownDataset,
+    denormalize_image,
+    make_data_loader,
+    normalize_image,
+)
 from pnfs_pipeline.data.sample_index import build_sample_indexes, locate_raw_data, validate_raw_data
 from pnfs_pipeline.keypoints import load_keypoint_spec
 
@@ -87,3 +95,22 @@ def test_cached_images_give_the_same_samples_and_are_decoded_once(train_index, m
     images = {record["image"] for record in train_index["samples"]}
     cached_reads = len(reads) - 2 * len(plain)  # the plain dataset reads on every access
     assert cached_reads == len(images)
+
+
+def test_image_normalisation_and_batch_field_types(train_index):
+
+    image = np.random.default_rng(0).integers(0, 256, size=(5, 4, 3), dtype=np.uint8)
+    expected = ((image / 255.0 - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)
+    normalized = normalize_image(image)
+    assert normalized.dtype == torch.float32 and normalized.is_contiguous()
+    np.testing.assert_allclose(normalized.numpy(), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(denormalize_image(normalized), image)
+
+    batch = next(iter(make_data_loader(TopDownDataset(train_index, SAMPLE), 2, False, 0)))
+    types = {name: (value.dtype, tuple(value.shape)) for name, value in batch.items()}
+    assert types["center"] == (torch.float32, (2, 2)) and types["size"] == (torch.float32, (2, 2))
+    for name in ("rotation", "score", "area"):
+        assert types[name] == (torch.float32, (2,)), name
+    assert types["flipped"] == (torch.bool, (2,))
+    assert types["image_id"] == (torch.int64, (2,)) and types["index"] == (torch.int64, (2,))
+    assert batch["index"].tolist() == [0, 1]
