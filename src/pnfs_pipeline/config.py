@@ -84,6 +84,9 @@ class SyntheticParams(StrictModel):
     jpeg_quality: int = Field(90, ge=1, le=100)
     mpii: bool = True
     detection_false_positives: float = Field(0.1, ge=0.0)
+    # Processes that render the images (the same files for any number); null: the usable
+    # cores, at most 8. Not part of the dataset's identity: changing it does not regenerate.
+    workers: int | None = Field(None, ge=1)
 
 
 class SampleParams(StrictModel):

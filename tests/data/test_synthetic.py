@@ -151,15 +151,15 @@ def test_detections_results_format(forced_root: Path) -> None:
     assert len(dets) > len(confident)  # false positives, all scored lower
 
 
-def test_generation_is_deterministic(tmp_path: Path, plain_root: Path) -> None:
-    generate_synthetic_dataset(tmp_path / "again", PLAIN)
+def test_generation_is_deterministic_in_one_or_several_processes(tmp_path: Path, plain_root: Path) -> None:
+    generate_synthetic_dataset(tmp_path / "again", PLAIN, workers=2)  # plain_root: one process
     for key in ("train_annotations", "val_annotations", "detections", "mpii_train", "mpii_valid"):
         a = synthetic_paths(plain_root)[key].read_bytes()
         assert synthetic_paths(tmp_path / "again")[key].read_bytes() == a, key
-    first = image_file_name(1)
-    assert (plain_root / "images/train2017" / first).read_bytes() == (
-        tmp_path / "again/images/train2017" / first
-    ).read_bytes()
+    images = sorted((plain_root / "images/train2017").iterdir())
+    assert images and images[0].name == image_file_name(1)
+    for image in images:
+        assert (tmp_path / "again/images/train2017" / image.name).read_bytes() == image.read_bytes(), image.name
     other = SyntheticConfig(seed=1, num_train_images=2, num_val_images=1, mpii=False)
     generate_synthetic_dataset(tmp_path / "other", other)
     assert (

@@ -26,12 +26,17 @@ Design choices that matter for learning and for fidelity:
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
+import contextlib
 import json
 import logging
 import math
+import multiprocessing
 import os
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -1351,18 +1356,143 @@ def synthetic_dataset_exists(root: Path | str, config: SyntheticConfig) -> bool:
     return True
 
 
+def _render_encoded(job: tuple[SyntheticConfig, int, int, list[int]]) -> tuple[Scene, bytes]:
+    """Scene ``index`` of split ``split_index`` and its JPEG bytes (run in worker processes)."""
+    config, split_index, index, jpeg_params = job
+    scene = render_scene(np.random.default_rng([config.seed, split_index, index]), config)
+    ok, buf = cv2.imencode(".jpg", scene.image, jpeg_params)
+    if not ok:
+        raise RuntimeError(f"JPEG encoding failed for scene {index} of split {split_index}")
+    return scene, buf.tobytes()
+
+
+def _single_threaded_worker() -> None:
+    cv2.setNumThreads(1)  # the processes are the parallelism; OpenCV's own threads would compete
+
+
+@contextlib.contextmanager
+def _scene_renderer(workers: int) -> Iterator[Callable[[Iterable], Iterator[tuple[Scene, bytes]]]]:
+    """``map`` over rendering jobs, in order: in this process, or over ``workers`` processes.
+
+    Every scene draws from its own seeded generator, so the dataset is the same either way.
+    """
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    if workers > 1 and main_file is not None and not Path(main_file).is_file():
+        # Spawned workers re-import the main module; one read from stdin (``python -``) cannot be.
+        logger.info("rendering in this process: worker processes cannot re-import %s", main_file)
+        workers = 1
+    if workers <= 1:
+        yield lambda jobs: map(_render_encoded, jobs)
+        return
+    context = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
+    pool = concurrent.futures.ProcessPoolExecutor(workers, context, initializer=_single_threaded_worker)
+
+    def ordered(jobs: Iterable) -> Iterator[tuple[Scene, bytes]]:
+        # A bounded window of scenes in flight: Executor.map would submit every job at once
+        # and hold all finished scenes (~0.5 MB each) until they are written.
+        pending: collections.deque[concurrent.futures.Future] = collections.deque()
+        for job in jobs:
+            pending.append(pool.submit(_render_encoded, job))
+            if len(pending) >= 4 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+    try:
+        yield ordered
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def default_generation_workers() -> int:
+    """Processes for :func:`generate_synthetic_dataset`: the usable cores, at most 8."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, 8))
+
+
+def _write_split(
+    paths: dict[str, Path],
+    config: SyntheticConfig,
+    split: str,
+    split_index: int,
+    rendered: Iterable[tuple[Scene, bytes]],
+    next_ann_id: int,
+    detections: list[dict[str, Any]],
+    mpii: dict[str, list[dict[str, Any]]],
+) -> tuple[dict[str, int], int]:
+    """Write one split's images and COCO annotations; returns its counts and the next id."""
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    for i, (scene, data) in enumerate(rendered):
+        image_id = image_id_for(split, i)
+        name = image_file_name(image_id)
+        (paths[f"{split}_images"] / name).write_bytes(data)
+        if config.mpii:
+            (paths["mpii_images"] / name).write_bytes(data)
+        images.append(
+            {
+                "license": 1,
+                "id": image_id,
+                "file_name": name,
+                "width": config.image_width,
+                "height": config.image_height,
+            }
+        )
+        anns = scene_annotations(scene, image_id, next_ann_id)
+        next_ann_id += len(anns)
+        annotations.extend(anns)
+        if split == "val":
+            det_rng = np.random.default_rng([config.seed, 10 + split_index, i])
+            detections.extend(_fake_detections(det_rng, anns, image_id, config))
+        if config.mpii:
+            mpii[split].extend(scene_mpii_entries(scene, name))
+    _write_json(
+        paths[f"{split}_annotations"],
+        {
+            "info": {
+                "description": "pnfs_pipeline synthetic keypoint dataset (procedurally rendered)",
+                "version": f"{FORMAT_VERSION}",
+                "year": 2024,
+                "contributor": "pnfs_pipeline.data.synthetic",
+                "date_created": "",
+            },
+            "licenses": [{"id": 1, "name": "Synthetic data, no restrictions", "url": ""}],
+            "images": images,
+            "annotations": annotations,
+            "categories": coco_categories(),
+        },
+    )
+    people = [a for a in annotations if not a["iscrowd"] and a["num_keypoints"] > 0]
+    vis = [a["keypoints"][2::3] for a in people]
+    counts = {
+        "images": len(images),
+        "annotations": len(annotations),
+        "persons": len(people),
+        "zero_keypoint_persons": sum(1 for a in annotations if not a["iscrowd"] and a["num_keypoints"] == 0),
+        "crowd_regions": sum(1 for a in annotations if a["iscrowd"]),
+        "labelled_keypoints": sum(sum(1 for v in vs if v > 0) for vs in vis),
+        "visible_keypoints": sum(sum(1 for v in vs if v == 2) for vs in vis),
+    }
+    return counts, next_ann_id
+
+
 def generate_synthetic_dataset(
     root: Path | str,
     config: SyntheticConfig,
     *,
     overwrite_foreign: bool = False,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Write the dataset under ``root``; return a summary (counts per split, timing).
 
     The manifest is removed first and written last, so an interrupted run is never taken
     for a complete dataset.  To avoid clobbering a real dataset placed at ``root`` by
     mistake, existing COCO annotation files without a synthetic manifest raise
-    ``FileExistsError`` unless ``overwrite_foreign`` is set.
+    ``FileExistsError`` unless ``overwrite_foreign`` is set. ``workers`` > 1 renders in
+    that many processes; the files are the same as with one.
     """
     start = time.perf_counter()
     root = Path(root)
@@ -1394,66 +1524,14 @@ def generate_synthetic_dataset(
     mpii: dict[str, list[dict[str, Any]]] = {"train": [], "val": []}
     next_ann_id = 1
     params = [cv2.IMWRITE_JPEG_QUALITY, config.jpeg_quality]
-    for split_index, (split, count) in enumerate(
-        (("train", config.num_train_images), ("val", config.num_val_images))
-    ):
-        images: list[dict[str, Any]] = []
-        annotations: list[dict[str, Any]] = []
-        for i in range(count):
-            image_id = image_id_for(split, i)
-            name = image_file_name(image_id)
-            scene = render_scene(np.random.default_rng([config.seed, split_index, i]), config)
-            ok, buf = cv2.imencode(".jpg", scene.image, params)
-            if not ok:
-                raise RuntimeError(f"JPEG encoding failed for {name}")
-            data = buf.tobytes()
-            (paths[f"{split}_images"] / name).write_bytes(data)
-            if config.mpii:
-                (paths["mpii_images"] / name).write_bytes(data)
-            images.append(
-                {
-                    "license": 1,
-                    "id": image_id,
-                    "file_name": name,
-                    "width": config.image_width,
-                    "height": config.image_height,
-                }
+    with _scene_renderer(workers) as render_all:
+        for split_index, (split, count) in enumerate(
+            (("train", config.num_train_images), ("val", config.num_val_images))
+        ):
+            rendered = render_all((config, split_index, i, params) for i in range(count))
+            summary["splits"][split], next_ann_id = _write_split(
+                paths, config, split, split_index, rendered, next_ann_id, detections, mpii
             )
-            anns = scene_annotations(scene, image_id, next_ann_id)
-            next_ann_id += len(anns)
-            annotations.extend(anns)
-            if split == "val":
-                det_rng = np.random.default_rng([config.seed, 10 + split_index, i])
-                detections.extend(_fake_detections(det_rng, anns, image_id, config))
-            if config.mpii:
-                mpii[split].extend(scene_mpii_entries(scene, name))
-        _write_json(
-            paths[f"{split}_annotations"],
-            {
-                "info": {
-                    "description": "pnfs_pipeline synthetic keypoint dataset (procedurally rendered)",
-                    "version": f"{FORMAT_VERSION}",
-                    "year": 2024,
-                    "contributor": "pnfs_pipeline.data.synthetic",
-                    "date_created": "",
-                },
-                "licenses": [{"id": 1, "name": "Synthetic data, no restrictions", "url": ""}],
-                "images": images,
-                "annotations": annotations,
-                "categories": coco_categories(),
-            },
-        )
-        people = [a for a in annotations if not a["iscrowd"] and a["num_keypoints"] > 0]
-        vis = [a["keypoints"][2::3] for a in people]
-        summary["splits"][split] = {
-            "images": len(images),
-            "annotations": len(annotations),
-            "persons": len(people),
-            "zero_keypoint_persons": sum(1 for a in annotations if not a["iscrowd"] and a["num_keypoints"] == 0),
-            "crowd_regions": sum(1 for a in annotations if a["iscrowd"]),
-            "labelled_keypoints": sum(sum(1 for v in vs if v > 0) for vs in vis),
-            "visible_keypoints": sum(sum(1 for v in vs if v == 2) for vs in vis),
-        }
     _write_json(paths["detections"], detections)
     summary["detections"] = len(detections)
     if config.mpii:

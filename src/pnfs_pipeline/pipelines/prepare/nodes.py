@@ -21,6 +21,7 @@ from pnfs_pipeline.data import sample_index
 from pnfs_pipeline.data.dataset import TopDownDataset, denormalize_image
 from pnfs_pipeline.data.synthetic import (
     SyntheticConfig,
+    default_generation_workers,
     generate_synthetic_dataset,
     synthetic_dataset_exists,
 )
@@ -34,12 +35,14 @@ def obtain_raw_data(data: dict[str, Any], synthetic: dict[str, Any]) -> dict[str
     """Generate the synthetic dataset (once per configuration) or locate the real one."""
     data_params = parse_params(DataParams, data, "data")
     if data_params.source.startswith("synthetic"):
-        config = SyntheticConfig(**parse_params(SyntheticParams, synthetic, "synthetic").model_dump())
+        synthetic_params = parse_params(SyntheticParams, synthetic, "synthetic")
+        config = SyntheticConfig(**synthetic_params.model_dump(exclude={"workers"}))
         root = Path(data_params.root)
         if synthetic_dataset_exists(root, config):
             logger.info("synthetic dataset at %s is up to date; not regenerating", root)
         else:
-            summary = generate_synthetic_dataset(root, config)
+            workers = synthetic_params.workers or default_generation_workers()
+            summary = generate_synthetic_dataset(root, config, workers=workers)
             logger.info("generated synthetic dataset at %s: %s", root, summary)
     manifest = sample_index.locate_raw_data(data_params)
     manifest["source"] = data_params.source
