@@ -98,6 +98,30 @@ def test_one_hot_derived_network_with_inherited_weights_equals_the_supernet(rule
         torch.testing.assert_close(derived(x), model(x, weights), rtol=1e-5, atol=1e-6)
 
 
+def test_cells_reading_only_the_coarser_scale_keep_odd_map_sizes():
+    # 72x56 input: stride-4 maps 18x14 -> 9x7 -> 5x4 -> 3x2; doubling 5x4 would give 10x8.
+    model = supernet().eval()
+    summary, weights = one_hot_architecture(model)
+    for index, part in enumerate(model.part_names):
+        betas = np.zeros_like(np.asarray(summary["parts"][part]["beta"]))
+        betas[:, 2] = 1.0  # every cell reads the coarser (below) slot only
+        summary["parts"][part]["beta"] = betas.tolist()
+        weights.betas[index] = torch.tensor(betas, dtype=torch.float32)
+    genotype = derive_genotype(summary, model.network_description(), rule="top1")
+    upsample_only = [
+        (part, cell)
+        for part, info in genotype["parts"].items()
+        for cell, spec in info["cells"].items()
+        if set(spec["inputs"]) == {"below"}
+    ]
+    assert upsample_only, "the genotype should hold cells fed by the coarser scale alone"
+    derived = DerivedNetwork(genotype).eval()
+    inherit_supernet_weights(derived, model.state_dict())
+    x = torch.randn(2, 3, 72, 56)
+    with torch.no_grad():
+        torch.testing.assert_close(derived(x), model(x, weights), rtol=1e-5, atol=1e-6)
+
+
 def test_derived_network_is_smaller_than_the_supernet():
     model = supernet(share_alpha=True)
     summary = model.architecture_summary("sync")

@@ -70,17 +70,16 @@ class DerivedCell(nn.Module):
         self.edges = nn.ModuleList(DerivedEdge(c, e, num_candidate_ops) for e in edges)
         self.channel_keep = nn.Conv2d(c * hidden_states, c, 1)
 
-    def forward(self, previous: dict[int, torch.Tensor]) -> torch.Tensor:
-        target_size = None
+    def forward(self, previous: dict[int, torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        """``size``: the (H, W) of this cell's scale. A pruned cell may read only the coarser
+        scale, and doubling that is off by one wherever a finer size was odd (9 -> 5 -> 10)."""
         weighted = {}
         for s, w in zip(self.source_scales, self.source_weights, strict=True):
             module = self.connections[str(s)]
-            if not isinstance(module, UpsampleConnect):
+            if isinstance(module, UpsampleConnect):
+                weighted[s] = module(previous[s], size, factor=w)
+            else:
                 weighted[s] = scaled_forward(module, previous[s], w)
-                target_size = weighted[s].shape[-2:]
-        for s, w in zip(self.source_scales, self.source_weights, strict=True):
-            if s not in weighted:
-                weighted[s] = self.connections[str(s)](previous[s], target_size, factor=w)
         node = F.relu(sum(weighted[s] for s in self.source_scales))
         states = [node]
         if self.input_nodes == 2:
@@ -126,6 +125,7 @@ class DerivedPart(nn.Module):
                 network["num_candidate_ops"],
             )
         self.used_features = sorted(first_layer_sources)
+        self.num_scales = len(channels)
         adapt = backbone_channels != channels[: len(backbone_channels)]
         self.adapters = nn.ModuleDict(
             {
@@ -139,12 +139,17 @@ class DerivedPart(nn.Module):
         outputs: dict[tuple[int, int], torch.Tensor] = {
             (self.cut_layers - 1, s): self.adapters[str(s)](features[s]) for s in self.used_features
         }
+        # Every fabric scale keeps the size of the backbone's feature map at that scale; scales
+        # below the backbone's come from stride-2 reductions (3x3, padding 1: ceil of half).
+        sizes = [tuple(f.shape[-2:]) for f in features]
+        while len(sizes) < self.num_scales:
+            sizes.append(tuple(-(-d // 2) for d in sizes[-1]))
         last = None
         for name in self.order:
             layer, scale = parse_cell_name(name)
             cell = self.cells[name]
             previous = {s: outputs[(layer - 1, s)] for s in cell.source_scales}
-            last = outputs[(layer, scale)] = cell(previous)
+            last = outputs[(layer, scale)] = cell(previous, sizes[scale])
         return self.head(last)
 
 
