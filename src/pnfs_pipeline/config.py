@@ -261,11 +261,18 @@ class RetrainParams(StrictModel):
     checkpoint_path: str = "data/06_models/retrain_last.pt"
 
 
+def _odd_kernel(value: int) -> int:
+    if value % 2 == 0:
+        raise ValueError(f"must be odd (a centred smoothing window), got {value}")
+    return value
+
+
 class EvaluateParams(StrictModel):
     checkpoint: str | None = None  # any checkpoint file; null scores the retrained model
     boxes: Literal["ground_truth", "detections"] = "ground_truth"
     flip_test: bool = True
-    decode: Literal["argmax", "dark"] = "argmax"
+    decode: Literal["argmax", "dark"] = "dark"
+    dark_kernel: int = Field(3, ge=1)  # odd smoothing window of decode=dark (1: none)
     flip_shift: Literal["exact", "reference"] = "exact"  # sub-pixel flip-back, or the reference's 1 px
     batch_size: int = Field(32, ge=1)
     vis_threshold: float = Field(0.2, ge=0.0, le=1.0)
@@ -275,12 +282,17 @@ class EvaluateParams(StrictModel):
     num_overlays: int = Field(6, ge=0, le=64)
     seed: int = 0
 
+    _dark_kernel_is_odd = field_validator("dark_kernel")(_odd_kernel)
+
 
 class PredictParams(StrictModel):
     boxes_file: str | None = None  # JSON list of {file_name, bbox: [x, y, w, h], score}
     flip_test: bool = True
-    decode: Literal["argmax", "dark"] = "argmax"
+    decode: Literal["argmax", "dark"] = "dark"
+    dark_kernel: int = Field(3, ge=1)
     flip_shift: Literal["exact", "reference"] = "exact"
     batch_size: int = Field(16, ge=1)
     vis_threshold: float = Field(0.2, ge=0.0, le=1.0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    _dark_kernel_is_odd = field_validator("dark_kernel")(_odd_kernel)

@@ -36,6 +36,30 @@ def test_decoding_recovers_sub_pixel_keypoints(method):
     assert np.all(confidence > 0.9)
 
 
+@pytest.mark.parametrize("kernel", [1, 3, 5, 11])
+def test_dark_recovers_sub_pixel_keypoints_with_any_smoothing_window(kernel):
+    rng = np.random.default_rng(1)
+    truth = np.column_stack([rng.uniform(5, 13, 17), rng.uniform(5, 19, 17), np.full(17, 2.0)])
+    maps, _ = gaussian_heatmaps(truth, (18, 24), sigma=2.25)
+    coords, _ = decode_heatmaps(maps[None], "dark", dark_kernel=kernel)
+    assert np.abs(coords[0] - truth[:, :2]).max() <= 0.05
+
+
+def test_dark_keeps_the_quarter_pixel_shift_where_its_step_cannot_be_taken():
+    # Peaks on the first / second column: too close to the border for the 5-point derivatives.
+    truth = np.array([[0.2, 10.2, 2.0], [1.2, 6.6, 2.0]])
+    maps, _ = gaussian_heatmaps(truth, (18, 24), sigma=2.25)
+    dark, _ = decode_heatmaps(maps[None], "dark")
+    argmax, _ = decode_heatmaps(maps[None], "argmax")
+    np.testing.assert_array_equal(dark[0, :, 0], argmax[0, :, 0])
+    assert np.abs(dark[0] - truth[:, :2]).max() <= 0.25
+
+
+def test_dark_rejects_an_even_smoothing_window():
+    with pytest.raises(ValueError, match="odd"):
+        decode_heatmaps(np.zeros((1, 1, 8, 8)), "dark", dark_kernel=4)
+
+
 def test_heatmap_coordinates_map_back_through_the_crop():
     center, size = np.array([140.0, 90.0]), np.array([96.0, 128.0])
     matrix = crop_affine(center, size, 0.0, (48, 64))

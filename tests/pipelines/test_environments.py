@@ -8,6 +8,7 @@ from kedro.config import OmegaConfigLoader
 from pnfs_pipeline.config import (
     AugmentationParams,
     DataParams,
+    EvaluateParams,
     ModelParams,
     RetrainParams,
     SampleParams,
@@ -37,5 +38,7 @@ def test_real_data_environment_has_the_seed_schedule(env, backbone):
         assert (trainer.epochs, trainer.batch_size, trainer.lr) == (200, 24, 0.001)
         assert trainer.scheduler == "multistep" and list(trainer.lr_steps) == [90, 120, 150]
         assert trainer.heatmap_foreground_weight == 0.0
+    # Real data decodes as the reference code does, so its scores compare with the paper's.
+    assert parse_params(EvaluateParams, params["evaluate"], "evaluate").decode == "argmax"
     # Keys the environment does not set still come from conf/base (soft merge).
     assert search.strategy.name == params["search"]["strategy"]["name"] == "sync"

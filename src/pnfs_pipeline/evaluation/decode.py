@@ -43,24 +43,30 @@ def quarter_offset(heatmaps: np.ndarray, coords: np.ndarray) -> np.ndarray:
     return refined
 
 
-def dark_refine(heatmaps: np.ndarray, coords: np.ndarray, kernel: int = 11) -> np.ndarray:
-    """DARK (Zhang et al. 2020): a Newton step on the log of the Gaussian-smoothed heatmap."""
+def dark_refine(heatmaps: np.ndarray, coords: np.ndarray, kernel: int = 3) -> np.ndarray:
+    """DARK (Zhang et al. 2020): a Newton step on the log of the Gaussian-smoothed heatmap.
+
+    ``kernel`` is the smoothing window (odd; 1 = no smoothing). DARK's 11 suits 64x48 heatmaps;
+    on the default's 24x18 it over-smooths and scored below the plain argmax, while 3 or 5 beat
+    the argmax by 0.02-0.04 AP on four retrained networks (measured). Peaks too close to the
+    border for the step, or whose step leaves the pixel, keep the quarter-pixel shift.
+    """
+    if kernel < 1 or kernel % 2 == 0:
+        raise ValueError(f"the DARK smoothing kernel must be a positive odd number, got {kernel}")
     n, k, h, w = heatmaps.shape
-    refined = coords.copy()
+    refined = quarter_offset(heatmaps, coords)
     for b in range(n):
         for j in range(k):
-            # Zero padding: reflecting at the border would add mirrored mass and pull peaks inward.
-            smoothed = cv2.GaussianBlur(
-                heatmaps[b, j].astype(np.float64), (kernel, kernel), 0, borderType=cv2.BORDER_CONSTANT
-            )
             peak = heatmaps[b, j].max()
-            if peak <= 0:
-                continue
-            smoothed *= peak / max(smoothed.max(), 1e-12)
-            log = np.log(np.maximum(smoothed, 1e-10))
             x, y = int(coords[b, j, 0]), int(coords[b, j, 1])
-            if not (1 < x < w - 2 and 1 < y < h - 2):
+            if peak <= 0 or not (1 < x < w - 2 and 1 < y < h - 2):
                 continue
+            smoothed = heatmaps[b, j].astype(np.float64)
+            if kernel > 1:
+                # Zero padding: reflecting at the border would add mirrored mass and pull peaks inward.
+                smoothed = cv2.GaussianBlur(smoothed, (kernel, kernel), 0, borderType=cv2.BORDER_CONSTANT)
+                smoothed *= peak / max(smoothed.max(), 1e-12)
+            log = np.log(np.maximum(smoothed, 1e-10))
             dx = 0.5 * (log[y, x + 1] - log[y, x - 1])
             dy = 0.5 * (log[y + 1, x] - log[y - 1, x])
             dxx = 0.25 * (log[y, x + 2] - 2 * log[y, x] + log[y, x - 2])
@@ -71,17 +77,19 @@ def dark_refine(heatmaps: np.ndarray, coords: np.ndarray, kernel: int = 11) -> n
                 continue
             step = -np.linalg.solve(hessian, np.array([dx, dy]))
             if np.all(np.abs(step) <= 1.0):
-                refined[b, j] += step
+                refined[b, j] = coords[b, j] + step
     return refined
 
 
-def decode_heatmaps(heatmaps: np.ndarray, method: str = "argmax") -> tuple[np.ndarray, np.ndarray]:
+def decode_heatmaps(
+    heatmaps: np.ndarray, method: str = "argmax", dark_kernel: int = 3
+) -> tuple[np.ndarray, np.ndarray]:
     """Sub-pixel keypoints in heatmap pixels ``(N, K, 2)`` and their confidences ``(N, K)``."""
     if method not in ("argmax", "dark"):
         raise ValueError(f"decode method must be 'argmax' or 'dark', got {method!r}")
     coords, values = argmax_coordinates(heatmaps)
     if method == "dark":
-        return dark_refine(heatmaps, coords), values
+        return dark_refine(heatmaps, coords, dark_kernel), values
     return quarter_offset(heatmaps, coords), values
 
 

@@ -37,11 +37,12 @@ def predict_dataset(
     decode: str = "argmax",
     device: str | torch.device = "cpu",
     flip_shift: str = "exact",
+    dark_kernel: int = 3,
 ) -> dict[str, np.ndarray]:
     """Keypoints ``(N, K, 3)`` (x, y, confidence) in image pixels plus each crop's metadata.
 
     ``flip_shift``: ``exact`` undoes the flip by its true sub-pixel offset, ``reference`` by the
-    reference code's whole pixel.
+    reference code's whole pixel. ``dark_kernel``: the smoothing window of ``decode="dark"``.
     """
     if flip_shift not in ("exact", "reference"):
         raise ValueError(f"flip_shift must be 'exact' or 'reference', got {flip_shift!r}")
@@ -57,7 +58,7 @@ def predict_dataset(
         task = progress.add_task("predicting", total=len(loader))
         for batch in loader:
             heatmaps = predict_heatmaps(model, batch["image"].to(device), permutation, shift).cpu().numpy()
-            coords, confidences = decode_heatmaps(heatmaps, decode)
+            coords, confidences = decode_heatmaps(heatmaps, decode, dark_kernel)
             image_coords = heatmap_to_image(
                 coords,
                 batch["center"].numpy(),

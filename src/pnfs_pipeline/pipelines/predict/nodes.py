@@ -44,6 +44,7 @@ def predict_images(
         batch_size=params.batch_size,
         flip_test=params.flip_test,
         decode=params.decode,
+        dark_kernel=params.dark_kernel,
         device=resolve_device(params.device),
         flip_shift=params.flip_shift,
     )
