@@ -46,3 +46,29 @@ def test_cpu_training_uses_the_exact_depthwise_rewrites():
     model.extra_op = build_op("atr_conv_3x3", 4)  # a dilated depthwise conv the tiny fabric lacks
     Trainer(model, RandomPoses(4), RandomPoses(2), TrainConfig(epochs=1, batch_size=2, device="cpu"))
     assert isinstance(model.extra_op[0], FastDepthwiseConv2d)
+
+
+def test_trainer_adam_is_the_fused_kernel_with_the_plain_update_rule():
+    import copy
+
+    from pnfs_pipeline.engine.trainer import Trainer
+
+    torch.manual_seed(0)
+    model = tiny_supernet()
+    reference_model = copy.deepcopy(model)
+    trainer = Trainer(model, RandomPoses(4), RandomPoses(2), TrainConfig(epochs=1, batch_size=2, lr=1e-2, device="cpu"))
+    weights = trainer.optimizer.param_groups[0]
+    assert weights["fused"] is True
+    fused_params = list(weights["params"])
+    name_of = {id(p): name for name, p in model.named_parameters()}
+    copies = dict(reference_model.named_parameters())
+    reference_params = [copies[name_of[id(p)]] for p in fused_params]
+    reference = torch.optim.Adam(reference_params, lr=1e-2)
+    for _ in range(3):
+        for p, q in zip(fused_params, reference_params, strict=True):
+            g = torch.randn_like(p)
+            p.grad, q.grad = g, g.clone()
+        trainer.optimizer.step()
+        reference.step()
+    for p, q in zip(fused_params, reference_params, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
