@@ -6,10 +6,14 @@ down-sampling) variants fall back to kernels 8-15x slower than their forward pas
 2 cores: a rate-2 3x3 depthwise conv on 8x64x64x48 takes 0.3 ms forward and 19 ms backward).
 Both can be rewritten exactly in terms of the fast kernel:
 
-- dilation ``d`` with "same" padding: split the image into its ``d x d`` phases (every ``d``-th
-  row and column), run the undilated kernel on each phase as a batch, and interleave the results
-  back. Each output pixel reads exactly the inputs the dilated kernel would (zero padding maps to
-  zero padding), so the result is the same up to float rounding.
+- dilation ``d`` with "same" padding: the forward pass and the input gradient are forward-direction
+  dilated convolutions (the gradient one with the kernel flipped), which are fast. Only the weight
+  gradient needs the slow kernel; it is taken on the image split into its ``d x d`` phases (every
+  ``d``-th row and column), where the dilated kernel becomes an undilated one: each phase pairs
+  exactly the inputs and output gradients the dilated kernel would (zero padding maps to zero
+  padding), so the result is the same up to float rounding. (An earlier version ran the whole
+  convolution on the phases; this one copies half as much and measured 30% faster for the
+  convolution's forward and backward at 8x64x64x48, 43% at 64x32x24x18, bf16.)
 - stride ``s``: run the kernel at stride 1 and keep every ``s``-th row and column.
 
 The rewrite is used only while autograd records (training); inference keeps the native kernels,
@@ -47,31 +51,61 @@ def _to_phases(x: torch.Tensor, d: int) -> torch.Tensor:
     return phases.reshape(d * d * n, c, h // d, w // d)
 
 
-def _from_phases(y: torch.Tensor, d: int, n: int) -> torch.Tensor:
-    """Inverse of :func:`_to_phases`."""
-    _, c, hd, wd = y.shape
-    if _is_channels_last(y):
-        nhwc = y.permute(0, 2, 3, 1).reshape(d, d, n, hd, wd, c)
-        return nhwc.permute(2, 3, 0, 4, 1, 5).reshape(n, hd * d, wd * d, c).permute(0, 3, 1, 2)
-    out = y.reshape(d, d, n, c, hd, wd).permute(2, 3, 4, 0, 5, 1)
-    return out.reshape(n, c, hd * d, wd * d)
+def _phase_padded(x: torch.Tensor, dilation: int) -> torch.Tensor:
+    """``x`` zero-padded at the bottom and right to multiples of ``dilation``, in its memory format."""
+    pad_h, pad_w = (-x.shape[2]) % dilation, (-x.shape[3]) % dilation
+    if not (pad_h or pad_w):
+        return x
+    return _in_format(F.pad(x, (0, pad_w, 0, pad_h)), _is_channels_last(x))
 
 
-def phase_split_conv2d(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dilation: int, groups: int
+class _DilatedDepthwise(torch.autograd.Function):
+    """A "same"-padded dilated depthwise convolution with the weight gradient taken on phases."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dilation: int) -> torch.Tensor:
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+        with torch.autocast("cpu", enabled=False):
+            x_used, weight_used = x.to(dtype), weight.to(dtype)
+            half = dilation * (weight.shape[-1] - 1) // 2
+            out = F.conv2d(x_used, weight_used, None if bias is None else bias.to(dtype), 1, half, dilation, x.shape[1])
+        ctx.save_for_backward(x_used, weight_used)
+        ctx.dilation, ctx.half = dilation, half
+        ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        x_dtype, weight_dtype, bias_dtype = ctx.dtypes
+        d, channels = ctx.dilation, x.shape[1]
+        grad_x = grad_weight = grad_bias = None
+        with torch.autocast("cpu", enabled=False):
+            grad = _in_format(grad.to(x.dtype), _is_channels_last(x))
+            if ctx.needs_input_grad[0]:
+                flipped = weight.flip(-2, -1)
+                grad_x = F.conv2d(grad, flipped, None, 1, ctx.half, d, channels).to(x_dtype)
+            if ctx.needs_input_grad[1]:
+                half = (weight.shape[-1] - 1) // 2
+                grad_weight = torch.nn.grad.conv2d_weight(
+                    _to_phases(_phase_padded(x, d), d),
+                    weight.shape,
+                    _to_phases(_phase_padded(grad, d), d),
+                    1,
+                    half,
+                    1,
+                    channels,
+                ).to(weight_dtype)
+            if bias_dtype is not None and ctx.needs_input_grad[2]:
+                grad_bias = grad.sum((0, 2, 3), dtype=torch.float32).to(bias_dtype)
+        return grad_x, grad_weight, grad_bias, None
+
+
+def dilated_depthwise_conv2d(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dilation: int
 ) -> torch.Tensor:
-    """A stride-1, "same"-padded convolution of rate ``dilation`` through undilated kernels."""
-    n, _, h, w = x.shape
-    channels_last = _is_channels_last(x)
-    pad_h, pad_w = (-h) % dilation, (-w) % dilation
-    if pad_h or pad_w:
-        x = _in_format(F.pad(x, (0, pad_w, 0, pad_h)), channels_last)
-    half = (weight.shape[-1] - 1) // 2
-    phases = F.conv2d(_to_phases(x, dilation), weight, bias, 1, half, 1, groups)
-    out = _from_phases(phases, dilation, n)
-    if pad_h or pad_w:
-        out = _in_format(out[:, :, :h, :w], channels_last)
-    return out
+    """A stride-1, "same"-padded depthwise convolution of rate ``dilation`` with a fast backward."""
+    return _DilatedDepthwise.apply(x, weight, bias, dilation)
 
 
 def strided_by_subsampling(
@@ -101,7 +135,7 @@ class FastDepthwiseConv2d(nn.Conv2d):
         if input.device.type != "cpu" or not torch.is_grad_enabled():
             return super()._conv_forward(input, weight, bias)
         if self.dilation[0] > 1:
-            return phase_split_conv2d(input, weight, bias, self.dilation[0], self.groups)
+            return dilated_depthwise_conv2d(input, weight, bias, self.dilation[0])
         if self.stride[0] > 1 and _reduced_precision(input):
             return strided_by_subsampling(
                 input, weight, bias, self.stride, self.padding, self.dilation, self.groups
