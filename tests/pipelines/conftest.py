@@ -42,20 +42,25 @@ def kedro_project(tmp_path, monkeypatch) -> Path:
     return tmp_path
 
 
-def run_pipeline(project: Path, pipeline: str, params: dict | None = None, env: str | None = None, **run_kwargs):
-    runtime = {**TINY_PARAMS, **(params or {})}
+def tiny_runtime_params(params: dict | None = None) -> dict:
+    """TINY_PARAMS updated with ``params``, as the nested dict KedroSession takes."""
     nested: dict = {}
-    for dotted, value in runtime.items():
+    for dotted, value in {**TINY_PARAMS, **(params or {})}.items():
         target = nested
         *parents, leaf = dotted.split(".")
         for key in parents:
             target = target.setdefault(key, {})
         target[leaf] = value
+    return nested
+
+
+def run_pipeline(project: Path, pipeline: str, params: dict | None = None, env: str | None = None, **run_kwargs):
     try:
-        with KedroSession.create(project_path=project, runtime_params=nested, env=env) as session:
+        with KedroSession.create(project_path=project, runtime_params=tiny_runtime_params(params), env=env) as session:
             return session.run(pipeline_names=[pipeline], **run_kwargs)
     finally:
-        # kedro-mlflow marks the run FINISHED in the store, but with Kedro 1.7 MLflow's in-process
-        # active-run stack can keep it; the next session in this process would reuse it.
+        # A pipeline that fails before kedro-mlflow's error hook runs can leave its run open; the
+        # next test in this process must not log into it. (A successful run closes its own run:
+        # tests/pipelines/test_tracking.py.)
         while mlflow.active_run() is not None:
             mlflow.end_run()
