@@ -10,7 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class ParameterError(ValueError):
@@ -95,6 +103,8 @@ class SampleParams(StrictModel):
     input_size: tuple[int, int] = (96, 128)  # width, height
     heatmap_size: tuple[int, int] = (24, 32)  # width, height
     sigma: float = Field(2.0, gt=0.0)
+    # Per keypoint or per part (a part name of the keypoint spec, e.g. head): overrides ``sigma``.
+    keypoint_sigmas: dict[str, PositiveFloat] = Field(default_factory=dict)
     box_padding: float = Field(1.25, ge=1.0)
     use_joint_weights: bool = False
     # Keep decoded images in memory after their first use (per data-loading process): decoding is

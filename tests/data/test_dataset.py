@@ -38,6 +38,24 @@ def test_sample_shapes_and_targets_follow_the_keypoints(train_index):
         assert abs(x - expected[0]) <= 0.5 + 1e-6 and abs(y - expected[1]) <= 0.5 + 1e-6
 
 
+def test_part_sigmas_widen_only_that_parts_targets(train_index):
+    wide = SAMPLE.model_copy(update={"keypoint_sigmas": {"lower_limb": 3.0}})
+    plain, widened = TopDownDataset(train_index, SAMPLE)[0], TopDownDataset(train_index, wide)[0]
+    spec = load_keypoint_spec("coco")
+    lower = set(spec.body_parts(3)["lower_limb"])
+    labelled = plain["target_weight"] > 0
+    assert any(labelled[k] for k in lower)
+    for k in range(17):
+        if not labelled[k]:
+            continue
+        if k in lower:
+            assert widened["heatmaps"][k].sum() > plain["heatmaps"][k].sum()
+        else:
+            torch.testing.assert_close(widened["heatmaps"][k], plain["heatmaps"][k])
+    with pytest.raises(ValueError, match="keypoint_sigmas"):
+        TopDownDataset(train_index, SAMPLE.model_copy(update={"keypoint_sigmas": {"tail": 1.0}}))
+
+
 def test_augmentation_is_reproducible_and_changes_with_epoch(train_index):
     aug = AugmentationParams(rotation_prob=1.0)
     first = TopDownDataset(train_index, SAMPLE, aug, seed=3)[1]

@@ -3,7 +3,7 @@ import pytest
 
 from pnfs_pipeline.config import AugmentationParams
 from pnfs_pipeline.data.records import box_to_center_size
-from pnfs_pipeline.data.targets import gaussian_heatmaps
+from pnfs_pipeline.data.targets import gaussian_heatmaps, keypoint_sigmas
 from pnfs_pipeline.data.transforms import (
     affine_points,
     crop_affine,
@@ -93,6 +93,37 @@ def test_joint_weights_scale_target_weight():
     keypoints = np.array([[5.0, 5.0, 2], [6.0, 6.0, 2]])
     _, weight = gaussian_heatmaps(keypoints, (24, 32), 2.0, joint_weights=np.array([1.0, 1.5]))
     np.testing.assert_allclose(weight, [1.0, 1.5])
+
+
+def test_per_keypoint_sigmas_set_each_gaussians_width():
+    keypoints = np.array([[8.0, 10.0, 2], [8.0, 10.0, 2]])
+    maps, _ = gaussian_heatmaps(keypoints, (24, 32), np.array([1.0, 2.5]))
+    for k, sigma in enumerate((1.0, 2.5)):
+        # One pixel off the peak a unit Gaussian reads exp(-1 / (2 sigma^2)).
+        assert maps[k, 10, 9] == pytest.approx(np.exp(-1.0 / (2.0 * sigma**2)), rel=1e-6)
+    single, _ = gaussian_heatmaps(keypoints[:1], (24, 32), 1.0)
+    np.testing.assert_array_equal(maps[0], single[0])
+
+
+def test_keypoint_sigmas_resolve_parts_and_names():
+    spec = load_keypoint_spec("coco")
+    sigmas = keypoint_sigmas(spec, 1.5, {"head": 1.25, "nose": 1.0, "lower_limb": 1.75})
+    assert sigmas[spec.index("nose")] == 1.0  # the keypoint's own name wins over its part
+    assert sigmas[spec.index("left_eye")] == 1.25
+    assert sigmas[spec.index("left_wrist")] == 1.5
+    assert sigmas[spec.index("right_ankle")] == 1.75
+    np.testing.assert_array_equal(keypoint_sigmas(spec, 2.0, {}), np.full(17, 2.0))
+
+
+def test_keypoint_sigmas_reject_unknown_and_conflicting_names():
+    spec = load_keypoint_spec("coco")
+    with pytest.raises(ValueError, match="sample.keypoint_sigmas: 'hand'.*neither a keypoint nor a part"):
+        keypoint_sigmas(spec, 1.5, {"hand": 1.0})
+    # head_shoulder (5 and 8 parts) and upper_limb (3 parts) both hold the shoulders.
+    with pytest.raises(ValueError, match="left_shoulder"):
+        keypoint_sigmas(spec, 1.5, {"head_shoulder": 1.0, "upper_limb": 2.0})
+    with pytest.raises(ValueError, match="must be > 0"):
+        keypoint_sigmas(spec, 1.5, {"nose": 0.0})
 
 
 def test_half_body_crop_covers_the_chosen_half():

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from pnfs_pipeline.config import AugmentationParams, SampleParams
-from pnfs_pipeline.data.targets import gaussian_heatmaps
+from pnfs_pipeline.data.targets import gaussian_heatmaps, keypoint_sigmas
 from pnfs_pipeline.data.transforms import (
     CropParams,
     affine_points,
@@ -91,6 +91,7 @@ class TopDownDataset(Dataset):
         self.seed = seed
         self.epoch = 0
         self._flip_permutation = self.spec.flip_permutation()
+        self._sigmas = keypoint_sigmas(self.spec, sample.sigma, sample.keypoint_sigmas)
         self._joint_weights = np.asarray(self.spec.joint_weights) if sample.use_joint_weights else None
         self._decoded: dict[str, np.ndarray] | None = {} if sample.cache_images and images is None else None
 
@@ -150,7 +151,7 @@ class TopDownDataset(Dataset):
         heatmaps, target_weight = gaussian_heatmaps(
             input_keypoints / np.array([stride, stride, 1.0]),
             self.sample.heatmap_size,
-            self.sample.sigma,
+            self._sigmas,
             self._joint_weights,
         )
         return {
