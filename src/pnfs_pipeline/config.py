@@ -266,6 +266,9 @@ class DeriveParams(StrictModel):
 
 class RetrainParams(StrictModel):
     init: Literal["inherit", "scratch"] = "inherit"
+    # Target widths while retraining, by part or keypoint name like sample.keypoint_sigmas, which
+    # they replace (the search keeps sample's); null: retrain with sample's targets.
+    keypoint_sigmas: dict[str, PositiveFloat] | None = None
     trainer: TrainerParams = TrainerParams()
     resume: bool = False
     checkpoint_path: str = "data/06_models/retrain_last.pt"

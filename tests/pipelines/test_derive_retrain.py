@@ -3,6 +3,7 @@ import json
 import pytest
 import yaml
 
+from pnfs_pipeline.config import ParameterError
 from pnfs_pipeline.engine.checkpoint import load_checkpoint
 from pnfs_pipeline.hooks import MissingUpstreamError
 from pnfs_pipeline.nas.genotype import validate_genotype
@@ -24,9 +25,19 @@ def test_derive_and_retrain_after_search(kedro_project):
     assert (data / "08_reporting" / "fabric_diagram.png").stat().st_size > 10_000
     assert "cell_" in (data / "08_reporting" / "genotype_summary.txt").read_text()
 
-    run_pipeline(kedro_project, "retrain", params)
+    with pytest.raises(ValueError, match="retrain.keypoint_sigmas: 'hand' is neither a keypoint nor a part"):
+        run_pipeline(kedro_project, "retrain", {**params, "retrain.keypoint_sigmas": {"hand": 1.0}})
+    with pytest.raises(ParameterError, match="retrain.keypoint_sigmas.head"):
+        run_pipeline(kedro_project, "retrain", {**params, "retrain.keypoint_sigmas": {"head": 0}})
+    assert not list((data / "06_models" / "retrained.pt").glob("*/retrained.pt"))
+
+    run_pipeline(kedro_project, "retrain", {**params, "retrain.keypoint_sigmas": {"head": 0.75}})
     checkpoint = load_checkpoint(next((data / "06_models" / "retrained.pt").glob("*/retrained.pt")))
     assert checkpoint["config"]["genotype"]["parts"].keys() == genotype["parts"].keys()
+    # The retraining's own targets are what the checkpoint records; the search's stay uniform.
+    assert checkpoint["config"]["sample"]["keypoint_sigmas"] == {"head": 0.75}
+    supernet = load_checkpoint(next((data / "06_models" / "supernet.pt").glob("*/supernet.pt")))
+    assert supernet["config"]["sample"]["keypoint_sigmas"] == {}
     history = json.loads((data / "08_reporting" / "retrain_history.json").read_text())
     assert len(history) == 1 and history[0]["val_loss"] > 0
 

@@ -38,6 +38,9 @@ def test_real_data_environment_has_the_seed_schedule(env, backbone):
         assert (trainer.epochs, trainer.batch_size, trainer.lr) == (200, 24, 0.001)
         assert trainer.scheduler == "multistep" and list(trainer.lr_steps) == [90, 120, 150]
         assert trainer.heatmap_foreground_weight == 0.0
+    # The paper's targets: one sigma for every keypoint, in search and retraining alike (the
+    # synthetic default's narrow head targets must not leak in through the soft merge).
+    assert retrain.keypoint_sigmas is None and not parse_params(SampleParams, params["sample"], "sample").keypoint_sigmas
     # Real data decodes as the reference code does, so its scores compare with the paper's.
     assert parse_params(EvaluateParams, params["evaluate"], "evaluate").decode == "argmax"
     # Keys the environment does not set still come from conf/base (soft merge).

@@ -9,13 +9,19 @@ import numpy as np
 from pnfs_pipeline.keypoints import KeypointSpec
 
 
-def keypoint_sigmas(spec: KeypointSpec, sigma: float, overrides: Mapping[str, float]) -> np.ndarray:
+def keypoint_sigmas(
+    spec: KeypointSpec,
+    sigma: float,
+    overrides: Mapping[str, float],
+    parameter: str = "sample.keypoint_sigmas",
+) -> np.ndarray:
     """The target sigma of each keypoint: ``sigma``, except where ``overrides`` names it.
 
     An override key is a keypoint name or the name of a part in any of the spec's groupings
     (``head``, ``lower_limb``...); a keypoint's own name wins over its part. Keypoints differ in
     how precisely they can be placed (COCO scores a nose 4x more strictly than a hip), and the
-    part-specific fabrics of PNFS can each learn their own target width.
+    part-specific fabrics of PNFS can each learn their own target width. ``parameter`` names the
+    overrides' source in error messages.
     """
     groups: dict[str, tuple[int, ...]] = {}
     for grouping in spec.parts.values():
@@ -29,16 +35,16 @@ def keypoint_sigmas(spec: KeypointSpec, sigma: float, overrides: Mapping[str, fl
             indices = groups[name]
         else:
             raise ValueError(
-                f"sample.keypoint_sigmas: {name!r} is neither a keypoint nor a part of spec {spec.name!r}; "
+                f"{parameter}: {name!r} is neither a keypoint nor a part of spec {spec.name!r}; "
                 f"keypoints: {list(spec.keypoints)}, parts: {sorted(groups)}"
             )
         if not value > 0:
-            raise ValueError(f"sample.keypoint_sigmas.{name} must be > 0, got {value}")
+            raise ValueError(f"{parameter}.{name} must be > 0, got {value}")
         for index in indices:
             previous = set_by.get(index)
             if previous in groups and name in groups and values[index] != value:
                 raise ValueError(
-                    f"sample.keypoint_sigmas: parts {previous!r} and {name!r} both hold "
+                    f"{parameter}: parts {previous!r} and {name!r} both hold "
                     f"{spec.keypoints[index]!r} with different sigmas; name the keypoint itself"
                 )
             values[index] = value

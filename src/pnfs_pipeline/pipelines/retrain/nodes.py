@@ -16,7 +16,9 @@ from pnfs_pipeline.config import (
     parse_params,
 )
 from pnfs_pipeline.data.dataset import train_and_val_datasets
+from pnfs_pipeline.data.targets import keypoint_sigmas
 from pnfs_pipeline.engine.trainer import TrainConfig, TrainingJob, run_training
+from pnfs_pipeline.keypoints import keypoint_spec_from_dict
 from pnfs_pipeline.nas.backbones import load_pretrained
 from pnfs_pipeline.nas.derived import DerivedNetwork, inherit_supernet_weights
 from pnfs_pipeline.nas.profile import count_parameters
@@ -39,6 +41,15 @@ def retrain_network(
     params = parse_params(RetrainParams, retrain, "retrain")
     model_params = parse_params(ModelParams, model, "model")
     sample_params = parse_params(SampleParams, sample, "sample")
+    if params.keypoint_sigmas is not None:
+        spec = keypoint_spec_from_dict(train_samples["keypoint_spec"], source="train_samples")
+        # Resolved here so that a bad name fails before any training, naming this parameter.
+        sigmas = keypoint_sigmas(spec, sample_params.sigma, params.keypoint_sigmas, "retrain.keypoint_sigmas")
+        logger.info(
+            "retraining targets (retrain.keypoint_sigmas): %s",
+            ", ".join(f"{name} {value:g}" for name, value in zip(spec.keypoints, sigmas, strict=True)),
+        )
+        sample_params = sample_params.model_copy(update={"keypoint_sigmas": params.keypoint_sigmas})
     torch.manual_seed(params.trainer.seed)
     network = DerivedNetwork(genotype)
     if params.init == "inherit":
