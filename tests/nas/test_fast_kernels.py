@@ -9,6 +9,7 @@ from torch import nn
 
 from pnfs_pipeline.nas.fast_depthwise import (
     FastDepthwiseConv2d,
+    _Subsample,
     strided_by_subsampling,
     use_fast_depthwise,
 )
@@ -53,6 +54,26 @@ def test_rewrite_matches_native_fp32(dilation, stride, size, channels_last):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     if channels_last:
         assert fast(x).is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_subsampling_returns_its_gradient_in_the_input_layout(channels_last):
+    # Slicing's own backward scatters into an NCHW tensor, which a channels_last convolution
+    # before it would transpose back (a full-size copy per strided depthwise conv).
+    # (A leaf's .grad is restrided to the leaf's layout, so the gradient is caught in flight.)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    leaf = torch.randn(2, 4, 9, 7).contiguous(memory_format=layout).requires_grad_()
+    full = leaf * 1.0
+    seen = []
+    full.register_hook(seen.append)
+    out = _Subsample.apply(full, (2, 2))
+    assert out.shape == (2, 4, 5, 4) and out.is_contiguous(memory_format=layout)
+    grad = torch.randn(out.shape)
+    out.backward(grad)
+    assert seen[0].is_contiguous(memory_format=layout)
+    expected = torch.zeros(full.shape)
+    expected[:, :, ::2, ::2] = grad
+    torch.testing.assert_close(seen[0], expected, rtol=0, atol=0)
 
 
 def test_bf16_channels_last_dilated_weight_gradient_is_right():
