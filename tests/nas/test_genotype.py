@@ -122,6 +122,51 @@ def test_cells_reading_only_the_coarser_scale_keep_odd_map_sizes():
         torch.testing.assert_close(derived(x), model(x, weights), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    "sources",
+    [{0: 0.6, 1: 0.4}, {1: 0.25, 0: 0.45, 2: 0.3}, {0: 1.0}, {1: 0.7, 2: 0.3}],
+    ids=["same+coarser", "all-three", "same-only", "no-same-scale"],
+)
+@pytest.mark.parametrize("training", [False, True])
+def test_derived_cell_mixes_its_inputs_as_the_plain_weighted_sum(sources, training):
+    """The cell fuses its identity input's scale into the addition; the result must equal
+    relu(sum_s 3 w_s connection_s(x_s)) computed term by term."""
+    import copy
+
+    from pnfs_pipeline.nas.derived import DerivedCell
+
+    torch.manual_seed(0)
+    channels = [4, 6, 8]
+    # scale 1's cell reads scale 1 (identity), 0 (finer: reduction) and 2 (coarser: upsample)
+    remapped = {1 if s == 0 else (0 if s == 1 else 2): w for s, w in sources.items()}
+    cell = DerivedCell(1, remapped, channels, ["sep_conv_3x3"], 1, 1, 4)
+    for module in cell.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.5, 2)
+    reference = copy.deepcopy(cell)
+    cell.train(training), reference.train(training)
+    previous = {0: torch.randn(2, 4, 10, 8), 1: torch.randn(2, 6, 5, 4), 2: torch.randn(2, 8, 3, 2)}
+    out = cell(previous, (5, 4))
+    terms = []
+    for s, w in zip(reference.source_scales, reference.source_weights, strict=True):
+        module = reference.connections[str(s)]
+        if isinstance(module, torch.nn.Identity):
+            terms.append(w * previous[s])
+        elif s > 1:
+            mapped = module.bn(module.conv(previous[s]))
+            terms.append(w * torch.nn.functional.interpolate(mapped, size=(5, 4), mode="bilinear", align_corners=True))
+        else:
+            terms.append(w * module(previous[s]))
+    node = torch.relu(torch.stack(terms).sum(0))
+    edge = reference.edges[0]
+    expected = reference.channel_keep(edge.ops[0](node) * edge.scale)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    if training:
+        for mine, theirs in zip(cell.buffers(), reference.buffers(), strict=True):
+            torch.testing.assert_close(mine, theirs)
+
+
 def test_derived_network_is_smaller_than_the_supernet():
     model = supernet(share_alpha=True)
     summary = model.architecture_summary("sync")

@@ -73,18 +73,28 @@ class DerivedCell(nn.Module):
     def forward(self, previous: dict[int, torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
         """``size``: the (H, W) of this cell's scale. A pruned cell may read only the coarser
         scale, and doubling that is off by one wherever a finer size was odd (9 -> 5 -> 10)."""
-        weighted = {}
+        node = None
+        identity: tuple[torch.Tensor, float] | None = None
         for s, w in zip(self.source_scales, self.source_weights, strict=True):
             module = self.connections[str(s)]
+            if isinstance(module, nn.Identity):
+                # Scaled inside the addition below: a separate scaling pass (and Python's
+                # ``sum`` starting from 0) each cost a full read and write of the finest maps.
+                identity = (previous[s], w)
+                continue
             if isinstance(module, UpsampleConnect):
-                weighted[s] = module(previous[s], size, factor=w)
+                term = module(previous[s], size, factor=w)
             else:
-                weighted[s] = scaled_forward(module, previous[s], w)
-        node = F.relu(sum(weighted[s] for s in self.source_scales))
+                term = scaled_forward(module, previous[s], w)
+            node = term if node is None else node + term
+        if identity is not None:
+            same_scale, weight = identity
+            node = same_scale * weight if node is None else torch.add(node, same_scale, alpha=weight)
+        node = F.relu(node)
         states = [node]
         if self.input_nodes == 2:
             # The same-scale source is an identity connection: its unweighted input is at hand.
-            states.append(previous[self.scale] if self.scale in weighted else node)
+            states.append(previous[self.scale] if self.scale in self.source_scales else node)
         edge = 0
         for _ in range(self.hidden_states):
             hidden = None
