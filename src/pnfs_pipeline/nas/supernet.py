@@ -60,10 +60,14 @@ class HeadConfig:
             raise ValueError(f"vector_dim must be >= 1, got {self.vector_dim}")
 
 
+def squash(squared_length: torch.Tensor) -> torch.Tensor:
+    """Confidence from a vector's squared length n^2: n^2 / (n^2 + 1), in [0, 1)."""
+    return squared_length / (squared_length + 1.0)
+
+
 def squash_length(vectors: torch.Tensor, dim: int) -> torch.Tensor:
-    """Confidence from a vector's length n: n^2 / (n^2 + 1), in [0, 1)."""
-    squared = (vectors * vectors).sum(dim=dim)
-    return squared / (squared + 1.0)
+    """:func:`squash` of the vectors' lengths along ``dim``."""
+    return squash((vectors * vectors).sum(dim=dim))
 
 
 class PartHead(nn.Module):
@@ -101,7 +105,7 @@ class PartHead(nn.Module):
                 # with the same rounding (products and sums in the autocast dtype as before).
                 pixels = flat.permute(0, 2, 3, 1)
                 squared = torch.matmul(pixels * pixels, self.group_indicator.to(pixels.dtype))
-                return (squared / (squared + 1.0)).permute(0, 3, 1, 2)
+                return squash(squared).permute(0, 3, 1, 2)
             vectors = flat.view(n, self.num_keypoints, config.vector_dim, h, w)
             return squash_length(vectors, dim=2)
         volume = torch.relu(self.conv(x)).view(n, c, config.vector_dim, h, w)
