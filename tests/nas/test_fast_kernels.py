@@ -128,6 +128,20 @@ def test_weighted_sum_matches_the_plain_sum(channels_last):
     torch.testing.assert_close(weighted_sum(weights, tensors, 3.0), plain)
 
 
+@pytest.mark.parametrize("weighted", [0, 1, 2])
+def test_weighted_sum_adds_prescaled_terms_as_they_are(weighted):
+    torch.manual_seed(0)
+    weights = torch.rand(weighted, dtype=torch.float64, requires_grad=True)
+    tensors = [torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True) for _ in range(weighted + 2)]
+
+    def mix(w, *ts):
+        return weighted_sum(w, list(ts[:weighted]), 3.0, prescaled=list(ts[weighted:]))
+
+    assert torch.autograd.gradcheck(mix, (weights, *tensors))
+    plain = 3.0 * sum(w * t for w, t in zip(weights, tensors, strict=False)) + tensors[-2] + tensors[-1]
+    torch.testing.assert_close(mix(weights, *tensors), plain)
+
+
 def test_weighted_sum_mixed_precision_inputs():
     weights = torch.tensor([0.25, 0.75], requires_grad=True)
     low = torch.randn(2, 3, 4, 4).to(torch.bfloat16).requires_grad_()

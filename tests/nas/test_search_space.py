@@ -5,7 +5,7 @@ from pnfs_pipeline.keypoints import load_keypoint_spec
 from pnfs_pipeline.nas.backbones import build_backbone
 from pnfs_pipeline.nas.cell import Cell, MixedOp
 from pnfs_pipeline.nas.fabric import CellFabric, fabric_layer_sizes, slot_sources
-from pnfs_pipeline.nas.ops import OPS, build_op, canonical_op_name
+from pnfs_pipeline.nas.ops import OPS, UpsampleConnect, build_op, canonical_op_name
 from pnfs_pipeline.nas.profile import count_macs, count_parameters
 from pnfs_pipeline.nas.supernet import FabricConfig, HeadConfig, PartSupernet
 
@@ -143,3 +143,72 @@ def test_pretrained_weights_load_from_a_local_file_only(tmp_path):
     torch.save({"unrelated": torch.zeros(3)}, tmp_path / "wrong.pt")
     with pytest.raises(ValueError, match="no tensor matches"):
         build_backbone("tiny", pretrained_path=str(tmp_path / "wrong.pt"))
+
+
+@pytest.mark.parametrize(
+    ("slot_sources", "input_nodes", "hidden_states"),
+    [((1, 0, 2), 1, 1), ((1, 0, 2), 2, 2), ((1, 1, 2), 1, 1), ((0, 0, 0), 2, 1), ((1, 0, 1), 1, 2)],
+    ids=["all-three", "all-three-two-inputs", "top", "reduced-parallel-two-inputs", "bottom"],
+)
+def test_supernet_cell_equals_its_term_by_term_weighted_sum(slot_sources, input_nodes, hidden_states):
+    """Cells fold weights into BatchNorms and sum without multiplying; outputs, gradients of inputs,
+    alphas, betas and weights, and BatchNorm statistics must equal the plain formula's."""
+    import copy
+
+    torch.manual_seed(0)
+    ops = ("zero", "skip_connect", "sep_conv_3x3", "atr_conv_3x3", "avg_pool_3x3", "conv_3x3", "basic_block")
+    cell = Cell(1, slot_sources, [4, 6, 8], ops, hidden_states, input_nodes).double().train()
+    for module in cell.modules():
+        if isinstance(module, torch.nn.BatchNorm2d) and module.affine:
+            torch.nn.init.uniform_(module.weight, 0.5, 2)
+            torch.nn.init.uniform_(module.bias, -1, 1)
+    reference = copy.deepcopy(cell)
+    previous = [torch.randn(2, 4, 10, 8), torch.randn(2, 6, 5, 4), torch.randn(2, 8, 3, 2)]
+    beta_logits, alpha_logits = torch.randn(3), torch.randn(len(cell.edges), len(ops))
+    grad = torch.randn(2, 6, 5, 4, dtype=torch.float64)
+
+    def leaves():
+        inputs = [p.double().requires_grad_() for p in previous]
+        return inputs, beta_logits.double().requires_grad_(), alpha_logits.double().requires_grad_()
+
+    inputs, beta, alpha = leaves()
+    cell(inputs, torch.softmax(beta, -1), torch.softmax(alpha, -1)).backward(grad)
+
+    ref_inputs, ref_beta, ref_alpha = leaves()
+    betas, alphas = torch.softmax(ref_beta, -1), torch.softmax(ref_alpha, -1)
+    transformed = {}
+    for source, connection in zip(reference.sources, reference.connections, strict=True):
+        if isinstance(connection, UpsampleConnect):
+            mapped = connection.bn(connection.conv(ref_inputs[source]))
+            transformed[source] = torch.nn.functional.interpolate(mapped, size=(5, 4), mode="bilinear", align_corners=True)
+        else:
+            transformed[source] = connection(ref_inputs[source])
+    node = torch.relu(3 * sum(betas[slot] * transformed[s] for slot, s in enumerate(reference.slot_sources)))
+    states = [node] + ([transformed[reference.slot_sources[0]]] if input_nodes == 2 else [])
+    edge = 0
+    for _ in range(hidden_states):
+        hidden = 0
+        for state in list(states):
+            mixed = reference.edges[edge]
+            hidden = hidden + len(ops) * sum(w * op(state) for w, op in zip(alphas[edge], mixed.ops, strict=True))
+            edge += 1
+        states.append(hidden)
+    expected = reference.channel_keep(torch.cat(states[-hidden_states:], dim=1))
+    expected.backward(grad)
+
+    pairs = [(beta.grad, ref_beta.grad), (alpha.grad, ref_alpha.grad)]
+    pairs += [(a.grad, b.grad) for a, b in zip(inputs, ref_inputs, strict=True) if b.grad is not None]
+    pairs += [(a.grad, b.grad) for a, b in zip(cell.parameters(), reference.parameters(), strict=True)]
+    pairs += list(zip(cell.buffers(), reference.buffers(), strict=True))
+    for mine, theirs in pairs:
+        torch.testing.assert_close(mine, theirs, rtol=1e-9, atol=1e-10)
+
+
+def test_negative_architecture_weights_are_refused():
+    model = PartSupernet(
+        build_backbone("tiny", width=4), COCO.body_parts(3), 17, FabricConfig(factor=2), HeadConfig()
+    )
+    weights = model.softmax_weights()
+    weights.alphas[0] = weights.alphas[0] - 0.5
+    with pytest.raises(ValueError, match="non-negative"):
+        model(torch.randn(1, 3, 64, 48), weights)

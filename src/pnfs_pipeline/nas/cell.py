@@ -4,6 +4,12 @@ A cell at scale ``s`` of layer ``j`` reads three *slots* of layer ``j-1``: the s
 (parallel), the finer one (above, downsampled) and the coarser one (below, upsampled). At the
 fabric's boundaries several slots name the same source; such a source is transformed once and
 its slot weights are added, since the input mix is linear before its ReLU.
+
+Architecture weights must be non-negative (softmax or one-hot, as every search strategy gives
+them; :class:`PartSupernet` checks): an op that ends in BatchNorm (and ReLU) gets its weight folded
+into that BatchNorm instead of a multiplication of its output, and its weight's gradient comes with
+BatchNorm's. On 2 CPU cores this took a MobileNetV2_CNFx3 supernet training step (256x192, batch 8,
+bf16, channels_last) from 683 to 647 ms (means of four interleaved rounds in one process).
 """
 
 from __future__ import annotations
@@ -13,7 +19,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from pnfs_pipeline.nas.mixing import weighted_sum
-from pnfs_pipeline.nas.ops import UpsampleConnect, build_connection, build_op, canonical_op_names
+from pnfs_pipeline.nas.ops import (
+    UpsampleConnect,
+    build_connection,
+    build_op,
+    canonical_op_names,
+    folds_scale,
+    scaled_forward,
+)
 
 NUM_SLOTS = 3  # parallel, above (finer), below (coarser)
 
@@ -38,12 +51,21 @@ class MixedOp(nn.Module):
         self.live = [i for i, name in enumerate(self.op_names) if name != "zero"]
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, active: int | None = None) -> torch.Tensor:
+        """``weights``: this edge's non-negative op weights (see the module docstring)."""
         scale = float(len(self.ops))
         if active is not None:
             if self.op_names[active] == "zero":
                 return x.new_zeros(x.shape) * weights[active]
-            return self.ops[active](x) * (weights[active] * scale)
-        return weighted_sum(weights[self.live], [self.ops[i](x) for i in self.live], scale)
+            return scaled_forward(self.ops[active], x, weights[active] * scale)
+        folded, outputs, output_weights = [], [], []
+        for i in self.live:
+            op = self.ops[i]
+            if folds_scale(op):
+                folded.append(scaled_forward(op, x, weights[i] * scale))
+            else:
+                outputs.append(op(x))
+                output_weights.append(weights[i])
+        return weighted_sum(output_weights, outputs, scale, prescaled=folded)
 
 
 class Cell(nn.Module):
@@ -72,6 +94,13 @@ class Cell(nn.Module):
         self.sources = tuple(dict.fromkeys(slot_sources))
         self.slot_to_source = [self.sources.index(s) for s in slot_sources]
         self.connections = nn.ModuleList(build_connection(s, scale, channels) for s in self.sources)
+        # Sources whose weight folds into their connection's BatchNorm. The second input node
+        # needs the parallel source unweighted, so that one is weighted in the sum.
+        keep_unweighted = self.slot_to_source[0] if input_nodes == 2 else None
+        self.folded_sources = [
+            k != keep_unweighted and (isinstance(c, UpsampleConnect) or folds_scale(c))
+            for k, c in enumerate(self.connections)
+        ]
         self.hidden_states = hidden_states
         self.input_nodes = input_nodes
         c = channels[scale]
@@ -80,18 +109,25 @@ class Cell(nn.Module):
         )
         self.channel_keep = nn.Conv2d(c * hidden_states, c, 1)
 
-    def connect(self, previous: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Each distinct source brought to this cell's scale."""
+    def connect(self, previous: list[torch.Tensor], weights: list[torch.Tensor | None]) -> list[torch.Tensor]:
+        """Each distinct source brought to this cell's scale, multiplied by its weight where the
+        connection can fold it (its BatchNorm); sources with a ``None`` weight come unweighted."""
         target_size = None
         outputs: list[torch.Tensor | None] = [None] * len(self.sources)
         # Same-scale and finer sources first: their size fixes the upsampling target.
         for k, source in enumerate(self.sources):
-            if not isinstance(self.connections[k], UpsampleConnect):
-                outputs[k] = self.connections[k](previous[source])
-                target_size = outputs[k].shape[-2:]
+            connection = self.connections[k]
+            if isinstance(connection, UpsampleConnect):
+                continue
+            if weights[k] is None:
+                outputs[k] = connection(previous[source])
+            else:
+                outputs[k] = scaled_forward(connection, previous[source], weights[k])
+            target_size = outputs[k].shape[-2:]
         for k, source in enumerate(self.sources):
             if outputs[k] is None:
-                outputs[k] = self.connections[k](previous[source], target_size)
+                factor = 1.0 if weights[k] is None else weights[k]
+                outputs[k] = self.connections[k](previous[source], target_size, factor=factor)
         return outputs  # type: ignore[return-value]
 
     def forward(
@@ -101,12 +137,22 @@ class Cell(nn.Module):
         alpha: torch.Tensor,
         active_ops: list[int] | None = None,
     ) -> torch.Tensor:
-        """``beta``: (3,) slot weights; ``alpha``: (edges, ops) op weights."""
-        connected = self.connect(previous)
-        source_weights = [None] * len(self.sources)
+        """``beta``: (3,) slot weights; ``alpha``: (edges, ops) op weights; both non-negative."""
+        source_weights: list[torch.Tensor | None] = [None] * len(self.sources)
         for slot, k in enumerate(self.slot_to_source):
             source_weights[k] = beta[slot] if source_weights[k] is None else source_weights[k] + beta[slot]
-        node = F.relu(weighted_sum(source_weights, connected, float(NUM_SLOTS)))
+        fold = self.folded_sources
+        connected = self.connect(
+            previous, [w * float(NUM_SLOTS) if f else None for w, f in zip(source_weights, fold, strict=True)]
+        )
+        node = F.relu(
+            weighted_sum(
+                [w for w, f in zip(source_weights, fold, strict=True) if not f],
+                [t for t, f in zip(connected, fold, strict=True) if not f],
+                float(NUM_SLOTS),
+                prescaled=[t for t, f in zip(connected, fold, strict=True) if f],
+            )
+        )
         states = [node]
         if self.input_nodes == 2:
             # The second input node is the same-scale input on its own (DARTS' second cell input).

@@ -4,8 +4,8 @@ Every cell mixes its inputs with beta weights and every edge mixes its candidate
 weights. Written as ``sum(w * x)``, autograd keeps K products, K-1 sums and a scaling pass, and
 gets each weight's gradient by materialising ``grad * x_k`` before summing it. Here the forward
 accumulates in place (one pass per term) and the backward takes each weight's gradient as a dot
-product. It saves memory traffic and temporaries; on 2 CPU cores the measured speed-up of a
-supernet step was within run-to-run noise (a few per cent), the depthwise kernels dominate.
+product. Terms whose weight was folded into the op that made them (see ``cell.py``) are added as
+they are, and their gradient is the output's gradient itself.
 """
 
 from __future__ import annotations
@@ -35,42 +35,75 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 class _WeightedSum(torch.autograd.Function):
+    """``scale * sum_k w_k x_k + sum_j p_j``: weighted terms ``x_k``, then ``prescaled`` terms ``p_j``.
+
+    Prescaled terms carry their weight already (folded into the op that made them); their
+    gradient is the output's gradient itself, with no pass over the map.
+    """
+
     @staticmethod
-    def forward(ctx, weights: torch.Tensor, scale: float, *tensors: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, weights: torch.Tensor, scale: float, prescaled_count: int, *tensors: torch.Tensor) -> torch.Tensor:
         dtype = tensors[0].dtype
         for t in tensors[1:]:
             dtype = torch.promote_types(dtype, t.dtype)
+        weighted_count = len(tensors) - prescaled_count
+        weighted, prescaled = tensors[:weighted_count], tensors[weighted_count:]
         scaled = (weights * scale).to(dtype)
-        out = tensors[0].to(dtype) * scaled[0]
-        for k in range(1, len(tensors)):
-            out.addcmul_(tensors[k].to(dtype), scaled[k])
+        if prescaled:
+            # One pass per term: the first addition makes the output.
+            if weighted:
+                out = torch.addcmul(prescaled[0].to(dtype), weighted[0].to(dtype), scaled[0])
+                weighted_start = 1
+            else:
+                out = torch.add(prescaled[0].to(dtype), prescaled[1].to(dtype))
+                prescaled = prescaled[1:]
+                weighted_start = 0
+            for p in prescaled[1:]:
+                out.add_(p.to(dtype))
+        else:
+            out = weighted[0].to(dtype) * scaled[0]
+            weighted_start = 1
+        for k in range(weighted_start, weighted_count):
+            out.addcmul_(weighted[k].to(dtype), scaled[k])
         ctx.scale = scale
-        ctx.save_for_backward(weights, *tensors)
+        ctx.prescaled_dtypes = [t.dtype for t in tensors[weighted_count:]]
+        ctx.save_for_backward(weights, *weighted)
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        weights, *tensors = ctx.saved_tensors
+        weights, *weighted = ctx.saved_tensors
         grad_weights = None
-        if ctx.needs_input_grad[0]:
-            grad_weights = torch.stack([_dot(grad, t).to(weights.dtype) for t in tensors]) * ctx.scale
+        if ctx.needs_input_grad[0] and weighted:
+            grad_weights = torch.stack([_dot(grad, t).to(weights.dtype) for t in weighted]) * ctx.scale
         grad_tensors = []
-        for k, t in enumerate(tensors):
-            if ctx.needs_input_grad[2 + k]:
+        for k, t in enumerate(weighted):
+            if ctx.needs_input_grad[3 + k]:
                 grad_tensors.append((grad * (weights[k] * ctx.scale).to(grad.dtype)).to(t.dtype))
             else:
                 grad_tensors.append(None)
-        return (grad_weights, None, *grad_tensors)
+        for j, dtype in enumerate(ctx.prescaled_dtypes):
+            grad_tensors.append(grad.to(dtype) if ctx.needs_input_grad[3 + len(weighted) + j] else None)
+        return (grad_weights, None, None, *grad_tensors)
 
 
 def weighted_sum(
-    weights: torch.Tensor | list[torch.Tensor], tensors: list[torch.Tensor], scale: float = 1.0
+    weights: torch.Tensor | list[torch.Tensor],
+    tensors: list[torch.Tensor],
+    scale: float = 1.0,
+    prescaled: list[torch.Tensor] | tuple[torch.Tensor, ...] = (),
 ) -> torch.Tensor:
-    """``scale * sum_k weights[k] * tensors[k]`` with a cheap backward (see the module docstring)."""
+    """``scale * sum_k weights[k] * tensors[k] + sum(prescaled)`` with a cheap backward.
+
+    ``prescaled`` are terms whose weight is already applied (see the module docstring).
+    """
     if isinstance(weights, (list, tuple)):
-        weights = torch.stack(list(weights))
+        weights = torch.stack(list(weights)) if weights else torch.zeros(0)
     if len(tensors) != weights.shape[0]:
         raise ValueError(f"{weights.shape[0]} weights for {len(tensors)} tensors")
-    if len(tensors) == 1:
-        return tensors[0] * (weights[0] * scale)
-    return _WeightedSum.apply(weights, float(scale), *tensors)
+    prescaled = list(prescaled)
+    if not tensors and not prescaled:
+        raise ValueError("weighted_sum needs at least one term")
+    if len(tensors) + len(prescaled) == 1:
+        return tensors[0] * (weights[0] * scale) if tensors else prescaled[0]
+    return _WeightedSum.apply(weights, float(scale), len(prescaled), *tensors, *prescaled)

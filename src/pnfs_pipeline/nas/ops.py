@@ -124,12 +124,15 @@ def build_op(name: str, channels: int) -> nn.Module:
 # ---- constant output scales folded into BatchNorm ------------------------------------------
 
 
-def scaled_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, factor: float) -> torch.Tensor:
+def scaled_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, factor: float | torch.Tensor) -> torch.Tensor:
     """``factor * bn(x)`` in one pass, the factor folded into the normalisation's affine weights.
 
-    The derived network keeps the supernet's constant mixing scales; multiplying each op's output
-    by its scale costs a full read and write of the map, forward and backward. Running
-    statistics are updated exactly as ``bn(x)`` would update them.
+    Multiplying an op's output by its mixing weight costs a full read and write of the map,
+    forward and backward (and, for a learned weight, a product with the gradient to reduce).
+    Folded, the weight rides on the normalisation: its gradient comes from BatchNorm's weight
+    gradient, which the backward pass reduces anyway. ``factor`` is a number (the derived
+    network's constant scales) or a 0-dim tensor (the supernet's architecture weights, which get
+    gradients). Running statistics are updated exactly as ``bn(x)`` would update them.
     """
     momentum = 0.0 if bn.momentum is None else bn.momentum
     if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
@@ -140,6 +143,11 @@ def scaled_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, factor: float) -> tor
     keep_statistics = not bn.training or bn.track_running_stats
     if bn.affine:
         weight, bias = bn.weight * factor, bn.bias * factor
+    elif isinstance(factor, torch.Tensor):
+        # float32 for bf16/fp16 maps too: CPU BatchNorm takes low-precision input only with
+        # float32 parameters. Contiguous: a stride-0 weight sends BatchNorm to a path 5x slower.
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        weight, bias = factor.to(dtype).reshape(1).expand(x.shape[1]).contiguous(), None
     else:
         weight, bias = torch.full((x.shape[1],), float(factor), device=x.device), None
     return F.batch_norm(
@@ -154,20 +162,39 @@ def scaled_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, factor: float) -> tor
     )
 
 
-def scaled_forward(module: nn.Module, x: torch.Tensor, factor: float) -> torch.Tensor:
+def _batch_norm_tail(module: nn.Module) -> tuple[list[nn.Module], nn.BatchNorm2d, bool] | None:
+    """(layers before, final BatchNorm, whether a ReLU follows it) of a Sequential ending that way."""
+    if not isinstance(module, nn.Sequential):
+        return None
+    layers = list(module)
+    relu = bool(layers) and type(layers[-1]) is nn.ReLU
+    if relu:
+        layers.pop()
+    if not layers or type(layers[-1]) is not nn.BatchNorm2d:
+        return None
+    return layers[:-1], layers[-1], relu
+
+
+def folds_scale(module: nn.Module) -> bool:
+    """Whether :func:`scaled_forward` folds a factor into ``module`` rather than multiplying."""
+    return _batch_norm_tail(module) is not None
+
+
+def scaled_forward(module: nn.Module, x: torch.Tensor, factor: float | torch.Tensor) -> torch.Tensor:
     """``factor * module(x)``, folded into a final BatchNorm (optionally followed by ReLU, which
-    commutes with a positive factor) when the module is a Sequential that ends that way."""
-    if isinstance(module, nn.Sequential) and factor > 0:
-        layers = list(module)
-        relu = bool(layers) and type(layers[-1]) is nn.ReLU
-        if relu:
-            layers.pop()
-        if layers and type(layers[-1]) is nn.BatchNorm2d:
-            bn = layers.pop()
-            for layer in layers:
-                x = layer(x)
-            out = scaled_batch_norm(bn, x, factor)
-            return F.relu(out) if relu else out
+    commutes with a non-negative factor) when the module is a Sequential that ends that way.
+
+    A tensor ``factor`` must be non-negative (softmax or one-hot architecture weights): checking
+    its sign here would synchronise a GPU on every op, so the supernet checks its weights once
+    per forward pass instead.
+    """
+    tail = _batch_norm_tail(module)
+    if tail is not None and (isinstance(factor, torch.Tensor) or factor > 0):
+        layers, bn, relu = tail
+        for layer in layers:
+            x = layer(x)
+        out = scaled_batch_norm(bn, x, factor)
+        return F.relu(out) if relu else out
     return module(x) * factor
 
 
@@ -191,9 +218,12 @@ class UpsampleConnect(nn.Module):
         self.conv = nn.Conv2d(in_channels, out_channels, 1)
         self.bn = nn.BatchNorm2d(out_channels)
 
-    def forward(self, x: torch.Tensor, size: tuple[int, int] | None = None, factor: float = 1.0) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, size: tuple[int, int] | None = None, factor: float | torch.Tensor = 1.0
+    ) -> torch.Tensor:
         """``factor`` scales the output (folded into the BatchNorm; bilinear resizing is linear)."""
-        x = self.bn(self.conv(x)) if factor == 1.0 else scaled_batch_norm(self.bn, self.conv(x), factor)
+        unscaled = not isinstance(factor, torch.Tensor) and factor == 1.0
+        x = self.bn(self.conv(x)) if unscaled else scaled_batch_norm(self.bn, self.conv(x), factor)
         target = size if size is not None else (x.shape[-2] * 2, x.shape[-1] * 2)
         return F.interpolate(x, size=target, mode="bilinear", align_corners=True)
 
