@@ -280,6 +280,16 @@ def _odd_kernel(value: int) -> int:
     return value
 
 
+def _crop_scales(value: tuple[float, ...]) -> tuple[float, ...]:
+    if not value:
+        raise ValueError("needs at least one crop scale (1.0: the box itself)")
+    if any(not 0.25 <= scale <= 4.0 for scale in value):
+        raise ValueError(f"crop scales multiply the box size and must lie in [0.25, 4], got {list(value)}")
+    if len(set(value)) != len(value):
+        raise ValueError(f"crop scales repeat: {list(value)}")
+    return value
+
+
 class EvaluateParams(StrictModel):
     checkpoint: str | None = None  # any checkpoint file; null scores the retrained model
     boxes: Literal["ground_truth", "detections"] = "ground_truth"
@@ -294,8 +304,11 @@ class EvaluateParams(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_overlays: int = Field(6, ge=0, le=64)
     seed: int = 0
+    # multi-scale testing: crops at these multiples of each box (same centre; < 1 zooms in), heatmaps averaged
+    crop_scales: tuple[float, ...] = (1.0,)
 
     _dark_kernel_is_odd = field_validator("dark_kernel")(_odd_kernel)
+    _crop_scales_valid = field_validator("crop_scales")(_crop_scales)
 
 
 class PredictParams(StrictModel):
@@ -307,5 +320,8 @@ class PredictParams(StrictModel):
     batch_size: int = Field(16, ge=1)
     vis_threshold: float = Field(0.2, ge=0.0, le=1.0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # multi-scale testing: crops at these multiples of each box (same centre; < 1 zooms in), heatmaps averaged
+    crop_scales: tuple[float, ...] = (1.0,)
 
     _dark_kernel_is_odd = field_validator("dark_kernel")(_odd_kernel)
+    _crop_scales_valid = field_validator("crop_scales")(_crop_scales)

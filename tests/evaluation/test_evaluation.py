@@ -2,6 +2,8 @@ import numpy as np
 import pytest
 import torch
 
+from pnfs_pipeline.config import EvaluateParams, ParameterError, SampleParams, parse_params
+from pnfs_pipeline.data.dataset import IMAGENET_MEAN, IMAGENET_STD, TopDownDataset
 from pnfs_pipeline.data.targets import gaussian_heatmaps
 from pnfs_pipeline.data.transforms import affine_points, crop_affine
 from pnfs_pipeline.evaluation.coco_eval import (
@@ -12,13 +14,15 @@ from pnfs_pipeline.evaluation.coco_eval import (
     soft_oks_nms,
 )
 from pnfs_pipeline.evaluation.decode import (
+    crop_scale_to_reference,
     decode_heatmaps,
     exact_flip_shift,
     flip_back,
     heatmap_to_image,
 )
+from pnfs_pipeline.evaluation.images import image_samples
 from pnfs_pipeline.evaluation.pckh import pckh, pckh_table
-from pnfs_pipeline.evaluation.predict import predict_heatmaps
+from pnfs_pipeline.evaluation.predict import predict_dataset, predict_heatmaps
 from pnfs_pipeline.keypoints import load_keypoint_spec
 
 COCO = load_keypoint_spec("coco")
@@ -122,6 +126,55 @@ def test_flip_test_of_a_symmetric_input_is_symmetric():
     # With the reference code's shift, columns 1.. of the flipped branch are the mirror, shifted.
     flipped_branch = 2 * averaged - conv(image)
     torch.testing.assert_close(flipped_branch[..., 1:], plain[..., :-1] * 2 - conv(image)[..., :-1])
+
+
+class _BrightnessAtStride(torch.nn.Module):
+    """A "pose network" whose every heatmap is the input's red channel sampled at stride 4, with
+    black at 0: a bright blob in the image is a keypoint where the blob is, in any crop."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        black = -float(IMAGENET_MEAN[0] / IMAGENET_STD[0])
+        return (images[:, :1, ::4, ::4] - black).clamp_min(0.0).expand(-1, 17, -1, -1).contiguous()
+
+
+@pytest.mark.parametrize("crop_scales", [(1.0,), (0.8,), (1.25,), (1.0, 0.9, 0.8), (0.9, 1.1)])
+def test_multi_scale_test_puts_a_keypoint_where_it_is_in_the_image(crop_scales):
+    """Crops at several multiples of the box see the same blob at different places of their
+    heatmaps; resampled into the box's frame they agree, and it decodes to the blob's image point.
+    A blob 25 px off the box centre: mapping the scales the wrong way round would miss it by ~9 px."""
+    blob = np.array([104.3, 57.6])
+    ys, xs = np.mgrid[0:160, 0:180]
+    brightness = np.exp(-((xs - blob[0]) ** 2 + (ys - blob[1]) ** 2) / (2 * 6.0**2))
+    image = np.repeat((brightness * 255).round().astype(np.uint8)[..., None], 3, axis=-1)
+    sample = SampleParams(input_size=(48, 64), heatmap_size=(12, 16), sigma=1.0)
+    boxes = [{"file_name": "a.png", "bbox": [50.0, 20.0, 70.0, 100.0], "score": 1.0}]
+    index = image_samples({"a.png": image}, boxes, COCO, sample.aspect_ratio, sample.box_padding)
+    dataset = TopDownDataset(index, sample, None, images={"a.png": image})
+    predictions = predict_dataset(_BrightnessAtStride(), dataset, decode="dark", crop_scales=crop_scales)
+    keypoints = predictions["keypoints"][0]
+    np.testing.assert_allclose(keypoints[:, :2], np.broadcast_to(blob, (17, 2)), atol=0.6)
+    assert np.all(keypoints[:, 2] > 0.9)
+    box_area = np.prod(index["samples"][0]["size"])
+    np.testing.assert_allclose(predictions["areas"], [box_area], rtol=1e-6)
+
+
+def test_crop_scale_resampling_reports_where_a_zoomed_crop_covers_the_box():
+    heatmaps = torch.rand(2, 3, 24, 18)
+    same, full = crop_scale_to_reference(heatmaps, 1.0)
+    assert same is heatmaps and torch.all(full == 1)
+    _, zoomed_in = crop_scale_to_reference(heatmaps, 0.8)  # sees only the middle 80% of the box
+    assert zoomed_in.shape == (2, 1, 24, 18)
+    assert torch.all(zoomed_in[:, :, 10:14, 7:11] == 1) and torch.all(zoomed_in[:, :, 0, 0] == 0)
+    _, zoomed_out = crop_scale_to_reference(heatmaps, 1.25)
+    assert torch.allclose(zoomed_out, torch.ones_like(zoomed_out))
+    with pytest.raises(ValueError, match="positive"):
+        crop_scale_to_reference(heatmaps, 0.0)
+
+
+@pytest.mark.parametrize("crop_scales, message", [([], "at least one"), ([1.0, 0.1], r"\[0.25, 4\]"), ([1.0, 1.0], "repeat")])
+def test_bad_crop_scales_are_refused_by_name(crop_scales, message):
+    with pytest.raises(ParameterError, match=f"crop_scales.*{message}|{message}.*crop_scales"):
+        parse_params(EvaluateParams, {"crop_scales": crop_scales}, "evaluate")
 
 
 def _brute_force_oks_nms(keypoints, scores, areas, sigmas, threshold):

@@ -2,7 +2,9 @@
 
 Argmax with a quarter-pixel shift toward the higher neighbour (HRNet), optional DARK refinement
 (a Taylor step on the log of the smoothed heatmap), and the flip test (flip the input, swap
-left/right channels, shift back by the exact sub-pixel offset, average).
+left/right channels, shift back by the exact sub-pixel offset, average), and multi-scale testing
+(crops of the same centre at several sizes, their heatmaps resampled into the box's own crop and
+averaged where each covers it).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from pnfs_pipeline.data.transforms import affine_points, crop_affine, invert_affine
 
@@ -135,3 +138,31 @@ def flip_back(heatmaps: torch.Tensor, flip_permutation: np.ndarray, shift: float
 def exact_flip_shift(input_width: int, heatmap_width: int) -> float:
     """The heatmap shift that exactly undoes an input flip: ``1 - heatmap_width / input_width``."""
     return 1.0 - heatmap_width / input_width
+
+
+def crop_scale_to_reference(heatmaps: torch.Tensor, crop_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Resample ``(N, K, H, W)`` heatmaps of a crop ``crop_scale`` times the box's size (same centre)
+    into the heatmap frame of the box's own crop; also return where that crop covers the frame.
+
+    :func:`~pnfs_pipeline.data.transforms.crop_affine` puts the centre at half the output size, so
+    reference heatmap pixel ``u`` sees the image point that the scaled crop shows at
+    ``(u - W / 2) / crop_scale + W / 2`` (per axis). Bilinear sampling; outside the scaled crop
+    (``crop_scale < 1`` zooms in) the heatmap is 0 and the coverage ``(N, 1, H, W)`` says so, so that
+    averages over scales divide by the crops that saw each pixel.
+    """
+    if crop_scale <= 0:
+        raise ValueError(f"crop scale must be positive, got {crop_scale}")
+    batch, _, height, width = heatmaps.shape
+    coverage = heatmaps.new_ones((batch, 1, height, width))
+    if crop_scale == 1.0:
+        return heatmaps, coverage
+
+    def normalised_axis(size: int) -> torch.Tensor:
+        pixels = torch.arange(size, dtype=heatmaps.dtype, device=heatmaps.device)
+        source = (pixels - size / 2) / crop_scale + size / 2
+        return 2.0 * source / max(size - 1, 1) - 1.0  # align_corners=True: -1 and 1 are the end pixels' centres
+
+    grid_y, grid_x = torch.meshgrid(normalised_axis(height), normalised_axis(width), indexing="ij")
+    grid = torch.stack([grid_x, grid_y], dim=-1).expand(batch, height, width, 2)
+    resample = dict(mode="bilinear", padding_mode="zeros", align_corners=True)
+    return F.grid_sample(heatmaps, grid, **resample), F.grid_sample(coverage, grid, **resample)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from rich.progress import Progress
@@ -9,6 +12,7 @@ from torch import nn
 
 from pnfs_pipeline.data.dataset import TopDownDataset, make_data_loader
 from pnfs_pipeline.evaluation.decode import (
+    crop_scale_to_reference,
     decode_heatmaps,
     exact_flip_shift,
     flip_back,
@@ -38,39 +42,69 @@ def predict_dataset(
     device: str | torch.device = "cpu",
     flip_shift: str = "exact",
     dark_kernel: int = 3,
+    crop_scales: Sequence[float] = (1.0,),
 ) -> dict[str, np.ndarray]:
     """Keypoints ``(N, K, 3)`` (x, y, confidence) in image pixels plus each crop's metadata.
 
     ``flip_shift``: ``exact`` undoes the flip by its true sub-pixel offset, ``reference`` by the
     reference code's whole pixel. ``dark_kernel``: the smoothing window of ``decode="dark"``.
+    ``crop_scales``: multi-scale testing; each person is also cropped at these multiples of its
+    box (same centre; < 1 zooms in) and the heatmaps, resampled into the box's crop, are averaged
+    where each crop covers it. ``(1.0,)`` is the usual single crop.
     """
     if flip_shift not in ("exact", "reference"):
         raise ValueError(f"flip_shift must be 'exact' or 'reference', got {flip_shift!r}")
+    if not crop_scales or any(scale <= 0 for scale in crop_scales):
+        raise ValueError(f"crop_scales must be a non-empty list of positive factors, got {list(crop_scales)}")
     device = torch.device(device)
     model = model.to(device).eval()
-    loader = make_data_loader(dataset, batch_size=batch_size, shuffle=False, seed=0)
+    # channels_last: the same outputs to float rounding, ~15% faster on the CPU (derived network, batch 32)
+    memory_format = torch.channels_last if device.type == "cpu" else torch.preserve_format
+    model = model.to(memory_format=memory_format)
+    loaders = [
+        make_data_loader(dataset if scale == 1.0 else _scaled_crops(dataset, scale), batch_size, shuffle=False, seed=0)
+        for scale in crop_scales
+    ]
     permutation = dataset.spec.flip_permutation() if flip_test else None
     shift = 1.0
     if flip_shift == "exact":
         shift = exact_flip_shift(dataset.sample.input_size[0], dataset.sample.heatmap_size[0])
     outputs: dict[str, list[np.ndarray]] = {k: [] for k in ("keypoints", "scores", "areas", "image_ids", "indices")}
     with Progress(transient=True) as progress:
-        task = progress.add_task("predicting", total=len(loader))
-        for batch in loader:
-            heatmaps = predict_heatmaps(model, batch["image"].to(device), permutation, shift).cpu().numpy()
+        task = progress.add_task("predicting", total=len(loaders[0]))
+        for batches in zip(*loaders, strict=True):
+            total, coverage = None, None
+            for scale, scaled_batch in zip(crop_scales, batches, strict=True):
+                images = scaled_batch["image"].to(device, memory_format=memory_format)
+                raw = predict_heatmaps(model, images, permutation, shift).cpu()
+                resampled, covered = crop_scale_to_reference(raw, scale)
+                total = resampled if total is None else total + resampled
+                coverage = covered if coverage is None else coverage + covered
+            heatmaps = (total / coverage.clamp_min(1e-6)).numpy()  # one crop: coverage 1, exact
+            batch = batches[0]
+            box_sizes = batch["size"].numpy() / crop_scales[0]  # the box itself (x / 1.0 is exact)
             coords, confidences = decode_heatmaps(heatmaps, decode, dark_kernel)
             image_coords = heatmap_to_image(
                 coords,
                 batch["center"].numpy(),
-                batch["size"].numpy(),
+                box_sizes,
                 dataset.sample.input_size,
                 dataset.sample.heatmap_size,
             )
             outputs["keypoints"].append(np.concatenate([image_coords, confidences[..., None]], axis=-1))
             outputs["scores"].append(batch["score"].numpy())
             # The padded crop area normalises OKS in NMS, as in the reference code.
-            outputs["areas"].append((batch["size"][:, 0] * batch["size"][:, 1]).numpy())
+            outputs["areas"].append(box_sizes[:, 0] * box_sizes[:, 1])
             outputs["image_ids"].append(batch["image_id"].numpy())
             outputs["indices"].append(batch["index"].numpy())
             progress.advance(task)
     return {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in outputs.items()}
+
+
+def _scaled_crops(dataset: TopDownDataset, scale: float) -> TopDownDataset:
+    """The same people cropped at ``scale`` times their boxes; shares the decoded-image cache."""
+    if dataset.augmentation is not None:
+        raise ValueError("multi-scale testing crops deterministic boxes; the dataset has augmentation enabled")
+    scaled = copy.copy(dataset)
+    scaled.samples = [{**record, "size": [float(v) * scale for v in record["size"]]} for record in dataset.samples]
+    return scaled

@@ -47,6 +47,7 @@ def predict_images(
         dark_kernel=params.dark_kernel,
         device=resolve_device(params.device),
         flip_shift=params.flip_shift,
+        crop_scales=params.crop_scales,
     )
     scores = rescore(predictions["keypoints"], predictions["scores"], params.vis_threshold)
     results, per_image = [], {}
