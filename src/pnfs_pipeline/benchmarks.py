@@ -30,6 +30,7 @@ from pnfs_pipeline.keypoints import load_keypoint_spec
 from pnfs_pipeline.nas.backbones import build_backbone
 from pnfs_pipeline.nas.derived import DerivedNetwork
 from pnfs_pipeline.nas.fast_depthwise import use_fast_depthwise
+from pnfs_pipeline.nas.fused_batch_norm import use_fused_batch_norm
 from pnfs_pipeline.nas.genotype import derive_genotype
 from pnfs_pipeline.nas.supernet import FabricConfig, HeadConfig, PartSupernet
 
@@ -124,6 +125,7 @@ def time_training(
         model = model.to(memory_format=torch.channels_last)
     if cpu_kernels:
         use_fast_depthwise(model)
+        use_fused_batch_norm(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=fused_adam)
     images = torch.randn(batch, 3, height, width, device=device)
     if channels_last:

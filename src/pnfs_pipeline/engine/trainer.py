@@ -38,6 +38,7 @@ from pnfs_pipeline.engine.distributed import (
 )
 from pnfs_pipeline.engine.loss import joints_mse_loss
 from pnfs_pipeline.nas.fast_depthwise import use_fast_depthwise
+from pnfs_pipeline.nas.fused_batch_norm import use_fused_batch_norm
 from pnfs_pipeline.nas.strategies import SearchStrategy
 
 logger = logging.getLogger(__name__)
@@ -158,6 +159,8 @@ class Trainer:
             # Exact, faster on the CPU, and sidesteps PyTorch's wrong bf16 channels_last gradient
             # for dilated depthwise convolutions (see nas/fast_depthwise.py).
             use_fast_depthwise(self.model)
+            # BatchNorm and the ReLU after it in one pass (nas/fused_batch_norm.py).
+            use_fused_batch_norm(self.model)
         self.strategy = strategy_factory(self.model, config.epochs) if strategy_factory else None
         if self.strategy is not None:
             self.strategy.sync_gradients = lambda grads: all_reduce_mean(grads, self.context)

@@ -14,6 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pnfs_pipeline.nas.fused_batch_norm import (
+    FusedBatchNorm2d,
+    can_fuse,
+    fused_batch_norm_act,
+    running_statistics,
+    uses_fused_kernel,
+)
+
 
 class Zero(nn.Module):
     """The 'no connection' op. Mixed ops skip it: its output is known to be exactly zero."""
@@ -124,25 +132,34 @@ def build_op(name: str, channels: int) -> nn.Module:
 # ---- constant output scales folded into BatchNorm ------------------------------------------
 
 
-def scaled_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, factor: float | torch.Tensor) -> torch.Tensor:
-    """``factor * bn(x)`` in one pass, the factor folded into the normalisation's affine weights.
+def _activate(x: torch.Tensor, activation: str) -> torch.Tensor:
+    if activation == "relu":
+        return F.relu(x)
+    if activation == "relu6":
+        return F.relu6(x)
+    return x
+
+
+def scaled_batch_norm(
+    bn: nn.BatchNorm2d, x: torch.Tensor, factor: float | torch.Tensor = 1.0, activation: str = "none"
+) -> torch.Tensor:
+    """``activation(factor * bn(x))`` in one pass, the factor folded into the normalisation's affine
+    weights.
 
     Multiplying an op's output by its mixing weight costs a full read and write of the map,
     forward and backward (and, for a learned weight, a product with the gradient to reduce).
     Folded, the weight rides on the normalisation: its gradient comes from BatchNorm's weight
     gradient, which the backward pass reduces anyway. ``factor`` is a number (the derived
     network's constant scales) or a 0-dim tensor (the supernet's architecture weights, which get
-    gradients). Running statistics are updated exactly as ``bn(x)`` would update them.
+    gradients). Running statistics are updated exactly as ``bn(x)`` would update them. A module
+    switched by :func:`use_fused_batch_norm` trains through the fused CPU kernel with the activation.
     """
-    momentum = 0.0 if bn.momentum is None else bn.momentum
-    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
-        bn.num_batches_tracked.add_(1)
-        if bn.momentum is None:
-            momentum = 1.0 / float(bn.num_batches_tracked)
-    use_batch_statistics = bn.training or (bn.running_mean is None and bn.running_var is None)
-    keep_statistics = not bn.training or bn.track_running_stats
+    running_mean, running_var, use_batch_statistics, momentum = running_statistics(bn)
+    unit = not isinstance(factor, torch.Tensor) and factor == 1.0
     if bn.affine:
-        weight, bias = bn.weight * factor, bn.bias * factor
+        weight, bias = (bn.weight, bn.bias) if unit else (bn.weight * factor, bn.bias * factor)
+    elif unit:
+        weight, bias = None, None
     elif isinstance(factor, torch.Tensor):
         # float32 for bf16/fp16 maps too: CPU BatchNorm takes low-precision input only with
         # float32 parameters. Contiguous: a stride-0 weight sends BatchNorm to a path 5x slower.
@@ -150,16 +167,28 @@ def scaled_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, factor: float | torch
         weight, bias = factor.to(dtype).reshape(1).expand(x.shape[1]).contiguous(), None
     else:
         weight, bias = torch.full((x.shape[1],), float(factor), device=x.device), None
-    return F.batch_norm(
-        x,
-        bn.running_mean if keep_statistics else None,
-        bn.running_var if keep_statistics else None,
-        weight,
-        bias,
-        use_batch_statistics,
-        momentum,
-        bn.eps,
-    )
+    if uses_fused_kernel(bn) and can_fuse(x, use_batch_statistics, weight, bias, running_mean, running_var):
+        return fused_batch_norm_act(x, weight, bias, running_mean, running_var, momentum, bn.eps, activation)
+    out = F.batch_norm(x, running_mean, running_var, weight, bias, use_batch_statistics, momentum, bn.eps)
+    return _activate(out, activation)
+
+
+_BATCH_NORMS = (nn.BatchNorm2d, FusedBatchNorm2d)  # not timm's BatchNormAct2d: it activates itself
+
+
+def _run_layers(layers: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    """``layers`` in order, a BatchNorm + ReLU pair in one fused pass where the BatchNorm uses it."""
+    index = 0
+    while index < len(layers):
+        layer = layers[index]
+        following = layers[index + 1] if index + 1 < len(layers) else None
+        if type(layer) is FusedBatchNorm2d and type(following) is nn.ReLU:
+            x = scaled_batch_norm(layer, x, 1.0, "relu")
+            index += 2
+        else:
+            x = layer(x)
+            index += 1
+    return x
 
 
 def _batch_norm_tail(module: nn.Module) -> tuple[list[nn.Module], nn.BatchNorm2d, bool] | None:
@@ -170,7 +199,7 @@ def _batch_norm_tail(module: nn.Module) -> tuple[list[nn.Module], nn.BatchNorm2d
     relu = bool(layers) and type(layers[-1]) is nn.ReLU
     if relu:
         layers.pop()
-    if not layers or type(layers[-1]) is not nn.BatchNorm2d:
+    if not layers or type(layers[-1]) not in _BATCH_NORMS:
         return None
     return layers[:-1], layers[-1], relu
 
@@ -191,10 +220,7 @@ def scaled_forward(module: nn.Module, x: torch.Tensor, factor: float | torch.Ten
     tail = _batch_norm_tail(module)
     if tail is not None and (isinstance(factor, torch.Tensor) or factor > 0):
         layers, bn, relu = tail
-        for layer in layers:
-            x = layer(x)
-        out = scaled_batch_norm(bn, x, factor)
-        return F.relu(out) if relu else out
+        return scaled_batch_norm(bn, _run_layers(layers, x), factor, "relu" if relu else "none")
     return module(x) * factor
 
 
