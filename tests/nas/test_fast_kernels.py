@@ -11,9 +11,11 @@ from pnfs_pipeline.nas.fast_depthwise import (
     FastDepthwiseConv2d,
     _Subsample,
     strided_by_subsampling,
+    strided_depthwise_conv2d,
     use_fast_depthwise,
 )
 from pnfs_pipeline.nas.mixing import weighted_sum
+from pnfs_pipeline.nas.native_kernels import load_kernels, unavailable_reason
 from pnfs_pipeline.nas.ops import build_op
 
 
@@ -90,6 +92,65 @@ def test_bf16_channels_last_dilated_weight_gradient_is_right():
     for name, a, b in zip(("output", "input grad", "weight grad"), got, reference, strict=True):
         error = ((a - b).abs().max() / b.abs().max()).item()
         assert error < 2e-2, f"{name}: relative error {error:.3f}"
+
+
+needs_kernels = pytest.mark.skipif(load_kernels() is None, reason=f"C kernels unavailable: {unavailable_reason()}")
+
+
+@needs_kernels
+@pytest.mark.parametrize(("kernel", "padding", "size"), [(3, 1, (16, 12)), (3, 1, (15, 9)), (5, 2, (13, 10))])
+def test_strided_depthwise_c_kernels_match_native_fp32(kernel, padding, size):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(24, 24, kernel, 2, padding, groups=24, bias=True).to(memory_format=torch.channels_last)
+    x = torch.randn(3, 24, *size).contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(conv(x).shape).contiguous(memory_format=torch.channels_last)
+    reference = _forward_backward(conv, x, grad)
+    xg = x.detach().clone().requires_grad_()
+    weight, bias = conv.weight.detach().clone().requires_grad_(), conv.bias.detach().clone().requires_grad_()
+    out = strided_depthwise_conv2d(xg, weight, bias, 2, padding)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    out.backward(grad)
+    for got, want in zip((out.detach(), xg.grad, weight.grad), reference, strict=True):
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(bias.grad, grad.sum((0, 2, 3)), rtol=1e-5, atol=1e-5)
+
+
+@needs_kernels
+def test_strided_depthwise_module_trains_through_the_c_kernels_in_bf16():
+    """MobileNetV2's down-sampling depthwise convolution, against a float64 reference."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(96, 96, 3, 2, 1, groups=96, bias=False)
+    x = torch.randn(2, 96, 32, 24)
+    grad = torch.randn(conv(x).shape, dtype=torch.float64)
+    reference = _forward_backward(copy.deepcopy(conv).double(), x.double(), grad)
+    fast = copy.deepcopy(conv).to(memory_format=torch.channels_last)
+    use_fast_depthwise(fast)
+    x_cl = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = fast(x_cl)
+    assert type(out.grad_fn).__name__ == "_StridedDepthwiseBackward"
+    out.backward(grad.to(out.dtype).contiguous(memory_format=torch.channels_last))
+    got = (out.detach().double(), x_cl.grad.double(), fast.weight.grad.double())
+    for name, a, b in zip(("output", "input grad", "weight grad"), got, reference, strict=True):
+        error = ((a - b).abs().max() / b.abs().max()).item()
+        assert error < 2e-2, f"{name}: relative error {error:.3f}"
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_weighted_sum_backward_kernel_matches_the_products(dtype):
+    torch.manual_seed(0)
+    terms = [torch.randn(2, 16, 9, 7).to(dtype).contiguous(memory_format=torch.channels_last) for _ in range(3)]
+    weights = torch.tensor([0.2, 0.5, 0.3], requires_grad=True)
+    leaves = [t.clone().requires_grad_() for t in terms]
+    out = weighted_sum(weights, leaves, 3.0)
+    grad = torch.randn(out.shape).to(dtype).contiguous(memory_format=torch.channels_last)
+    out.backward(grad)
+    for k, (leaf, term) in enumerate(zip(leaves, terms, strict=True)):
+        factor = torch.tensor(float(weights[k].detach()) * 3.0, dtype=torch.float32)
+        torch.testing.assert_close(leaf.grad, (grad.float() * factor).to(dtype), rtol=0, atol=0)
+        dot = 3.0 * (grad.double() * term.double()).sum()
+        assert abs(float(weights.grad[k]) - float(dot)) < 1e-5 * float(3.0 * (grad.double() * term.double()).abs().sum())
 
 
 def test_only_eligible_convolutions_switch_and_state_dicts_stay():

@@ -10,18 +10,17 @@ import torch.nn.functional as F
 from timm.layers import BatchNormAct2d
 from torch import nn
 
-from pnfs_pipeline.nas import fused_batch_norm as fused
+from pnfs_pipeline.nas import native_kernels
 from pnfs_pipeline.nas.fused_batch_norm import (
     FusedBatchNorm2d,
     FusedBatchNormAct2d,
     fused_batch_norm_act,
-    load_kernel,
     use_fused_batch_norm,
 )
 from pnfs_pipeline.nas.ops import build_connection, build_op, scaled_forward
 
 needs_kernel = pytest.mark.skipif(
-    load_kernel() is None, reason=f"fused kernel unavailable: {fused.unavailable_reason()}"
+    native_kernels.load_kernels() is None, reason=f"kernels unavailable: {native_kernels.unavailable_reason()}"
 )
 
 ACTIVATION = {"none": lambda t: t, "relu": F.relu, "relu6": F.relu6}
@@ -201,34 +200,34 @@ def test_bad_inputs_are_refused_with_the_reason():
 
 
 def test_without_a_compiler_everything_stays_on_pytorch(monkeypatch, tmp_path, caplog):
-    monkeypatch.setattr(fused, "_state", {"loaded": False, "library": None, "error": None})
+    monkeypatch.setattr(native_kernels, "_state", {"loaded": False, "library": None, "error": None})
     monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
     monkeypatch.setenv("PNFS_KERNEL_CACHE", str(tmp_path))
     model = _small_network()
     with caplog.at_level("WARNING"):
         assert use_fused_batch_norm(model) == 0
-    assert "Fused BatchNorm kernel unavailable" in caplog.text
-    assert fused.unavailable_reason() and "false" in fused.unavailable_reason()
+    assert "CPU training kernels unavailable" in caplog.text
+    assert native_kernels.unavailable_reason() and "false" in native_kernels.unavailable_reason()
     assert all(type(m) in (nn.BatchNorm2d, BatchNormAct2d) for m in model if isinstance(m, nn.BatchNorm2d))
     assert not list(tmp_path.glob("*.so"))
 
 
 def test_switched_off_by_environment(monkeypatch):
-    monkeypatch.setattr(fused, "_state", {"loaded": False, "library": None, "error": None})
-    monkeypatch.setenv("PNFS_FUSED_BATCH_NORM", "0")
-    assert load_kernel() is None
-    assert "PNFS_FUSED_BATCH_NORM=0" in fused.unavailable_reason()
+    monkeypatch.setattr(native_kernels, "_state", {"loaded": False, "library": None, "error": None})
+    monkeypatch.setenv("PNFS_NATIVE_KERNELS", "0")
+    assert native_kernels.load_kernels() is None
+    assert "PNFS_NATIVE_KERNELS=0" in native_kernels.unavailable_reason()
 
 
 @needs_kernel
 def test_kernel_is_built_once_into_the_cache(monkeypatch, tmp_path):
-    monkeypatch.setattr(fused, "_state", {"loaded": False, "library": None, "error": None})
+    monkeypatch.setattr(native_kernels, "_state", {"loaded": False, "library": None, "error": None})
     monkeypatch.setenv("PNFS_KERNEL_CACHE", str(tmp_path))
-    assert load_kernel() is not None
-    built = list(tmp_path.glob("batch_norm_act-*.so"))
+    assert native_kernels.load_kernels() is not None
+    built = list(tmp_path.glob("pnfs_kernels-*.so"))
     assert len(built) == 1
     stamp = built[0].stat().st_mtime_ns
-    monkeypatch.setattr(fused, "_state", {"loaded": False, "library": None, "error": None})
-    assert load_kernel() is not None
+    monkeypatch.setattr(native_kernels, "_state", {"loaded": False, "library": None, "error": None})
+    assert native_kernels.load_kernels() is not None
     assert built[0].stat().st_mtime_ns == stamp
     assert not [p for p in tmp_path.iterdir() if p != built[0]]  # no temporary files left

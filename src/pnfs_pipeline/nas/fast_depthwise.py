@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pnfs_pipeline.nas.native_kernels import DTYPE_SUFFIXES, load_kernels
+
 logger = logging.getLogger(__name__)
 
 
@@ -49,6 +51,47 @@ def _to_phases(x: torch.Tensor, d: int) -> torch.Tensor:
         return phases.permute(0, 3, 1, 2)
     phases = x.reshape(n, c, h // d, d, w // d, d).permute(3, 5, 0, 1, 2, 4)
     return phases.reshape(d * d * n, c, h // d, w // d)
+
+
+def _native_kernels_serve(x: torch.Tensor) -> bool:
+    """Whether the C kernels (``csrc/depthwise_grad.c``) can take this map's gradients."""
+    return (
+        x.device.type == "cpu"
+        and x.dim() == 4
+        and x.dtype in DTYPE_SUFFIXES
+        and _is_channels_last(x)
+        and load_kernels() is not None
+    )
+
+
+def _native_weight_grad(
+    grad: torch.Tensor, x: torch.Tensor, kernel: int, stride: int, dilation: int, padding: int
+) -> torch.Tensor:
+    """(C, 1, k, k) float32 weight gradient of a depthwise convolution, both maps channels_last."""
+    n, channels, height, width = x.shape
+    grad_weight = torch.empty(channels, 1, kernel, kernel, dtype=torch.float32)
+    status = getattr(load_kernels(), f"pnfs_depthwise_weight_grad_{DTYPE_SUFFIXES[x.dtype]}")(
+        grad.data_ptr(), x.data_ptr(), n, channels, height, width, grad.shape[2], grad.shape[3],
+        kernel, stride, dilation, padding, torch.get_num_threads(), grad_weight.data_ptr(),
+    )
+    if status:
+        raise RuntimeError(f"depthwise weight gradient kernel failed (status {status}) on {tuple(x.shape)}")
+    return grad_weight
+
+
+def _native_input_grad(
+    grad: torch.Tensor, weight: torch.Tensor, input_shape: torch.Size, stride: int, dilation: int, padding: int
+) -> torch.Tensor:
+    n, channels, height, width = input_shape
+    grad_x = torch.empty(input_shape, dtype=grad.dtype, memory_format=torch.channels_last)
+    weight = weight.detach().float().contiguous()
+    status = getattr(load_kernels(), f"pnfs_depthwise_input_grad_{DTYPE_SUFFIXES[grad.dtype]}")(
+        grad.data_ptr(), weight.data_ptr(), n, channels, height, width, grad.shape[2], grad.shape[3],
+        weight.shape[-1], stride, dilation, padding, torch.get_num_threads(), grad_x.data_ptr(),
+    )
+    if status:
+        raise RuntimeError(f"depthwise input gradient kernel failed (status {status}) on {tuple(input_shape)}")
+    return grad_x
 
 
 def _phase_padded(x: torch.Tensor, dilation: int) -> torch.Tensor:
@@ -85,7 +128,9 @@ class _DilatedDepthwise(torch.autograd.Function):
             if ctx.needs_input_grad[0]:
                 flipped = weight.flip(-2, -1)
                 grad_x = F.conv2d(grad, flipped, None, 1, ctx.half, d, channels).to(x_dtype)
-            if ctx.needs_input_grad[1]:
+            if ctx.needs_input_grad[1] and _native_kernels_serve(x):
+                grad_weight = _native_weight_grad(grad, x, weight.shape[-1], 1, d, ctx.half).to(weight_dtype)
+            elif ctx.needs_input_grad[1]:
                 half = (weight.shape[-1] - 1) // 2
                 grad_weight = torch.nn.grad.conv2d_weight(
                     _to_phases(_phase_padded(x, d), d),
@@ -143,6 +188,42 @@ def strided_by_subsampling(
     return _Subsample.apply(full, tuple(stride))
 
 
+class _StridedDepthwise(torch.autograd.Function):
+    """A strided depthwise convolution: oneDNN's forward, the C kernels' backward (channels_last)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride: int, padding: int):
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+        with torch.autocast("cpu", enabled=False):
+            x_used, weight_used = x.to(dtype), weight.to(dtype)
+            out = F.conv2d(x_used, weight_used, None if bias is None else bias.to(dtype), stride, padding, 1, x.shape[1])
+        ctx.save_for_backward(x_used, weight_used)
+        ctx.stride, ctx.padding = stride, padding
+        ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
+        return _in_format(out, True)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        x_dtype, weight_dtype, bias_dtype = ctx.dtypes
+        grad = grad.to(x.dtype).contiguous(memory_format=torch.channels_last)
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _native_input_grad(grad, weight, x.shape, ctx.stride, 1, ctx.padding).to(x_dtype)
+        if ctx.needs_input_grad[1]:
+            grad_weight = _native_weight_grad(grad, x, weight.shape[-1], ctx.stride, 1, ctx.padding).to(weight_dtype)
+        if bias_dtype is not None and ctx.needs_input_grad[2]:
+            grad_bias = grad.sum((0, 2, 3), dtype=torch.float32).to(bias_dtype)
+        return grad_x, grad_weight, grad_bias, None, None
+
+
+def strided_depthwise_conv2d(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int, padding: int
+) -> torch.Tensor:
+    """A strided, undilated depthwise convolution whose backward runs in the C kernels."""
+    return _StridedDepthwise.apply(x, weight, bias, stride, padding)
+
+
 def _reduced_precision(x: torch.Tensor) -> bool:
     return x.dtype in (torch.bfloat16, torch.float16) or torch.is_autocast_enabled("cpu")
 
@@ -158,6 +239,8 @@ class FastDepthwiseConv2d(nn.Conv2d):
         if self.dilation[0] > 1:
             return dilated_depthwise_conv2d(input, weight, bias, self.dilation[0])
         if self.stride[0] > 1 and _reduced_precision(input):
+            if _native_kernels_serve(input) and self.padding[0] == self.padding[1]:
+                return strided_depthwise_conv2d(input, weight, bias, self.stride[0], self.padding[0])
             return strided_by_subsampling(
                 input, weight, bias, self.stride, self.padding, self.dilation, self.groups
             )

@@ -7,138 +7,25 @@ mask from BatchNorm's input in the backward pass. On 2 cores (bf16, 8x64x64x48) 
 forward and backward take ~1.1 ms fused against ~1.5 ms in PyTorch; at 8x96x128x96 (MobileNetV2's
 first block) ~6 ms against ~13-17 ms.
 
-The kernel is C with OpenMP, compiled once per machine with the system's C compiler (``$CC``,
-else ``cc``/``gcc``/``clang``) into ``$PNFS_KERNEL_CACHE`` (default
-``~/.cache/pnfs_pipeline/kernels``) and loaded with ctypes. Without a compiler, or where it fails,
-everything runs PyTorch's own kernels and a warning says why; ``PNFS_FUSED_BATCH_NORM=0`` turns
-the fused kernel off. It serves only what it was written for: CPU tensors, float32 or bfloat16,
-channels_last, batch statistics (training mode), float32 parameters and running statistics.
+The kernel is C with OpenMP (built and loaded by :mod:`pnfs_pipeline.nas.native_kernels`; without
+a C compiler everything runs PyTorch's own kernels). It serves only what it was written for: CPU
+tensors, float32 or bfloat16, channels_last, batch statistics (training mode), float32 parameters
+and running statistics.
 """
 
 from __future__ import annotations
 
-import ctypes
-import hashlib
 import logging
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-import threading
-from pathlib import Path
 
 import torch
 from timm.layers import BatchNormAct2d
 from torch import nn
 
+from pnfs_pipeline.nas.native_kernels import DTYPE_SUFFIXES, load_kernels, unavailable_reason
+
 logger = logging.getLogger(__name__)
 
 ACTIVATIONS = {"none": 0, "relu": 1, "relu6": 2}
-SOURCE = Path(__file__).with_name("csrc") / "batch_norm_act.c"
-FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11")
-_DTYPES = {torch.bfloat16: "bf16", torch.float32: "f32"}
-
-_lock = threading.Lock()
-_state: dict[str, object] = {"loaded": False, "library": None, "error": None}
-
-
-def kernel_cache_dir() -> Path:
-    if os.environ.get("PNFS_KERNEL_CACHE"):
-        return Path(os.environ["PNFS_KERNEL_CACHE"])
-    base = Path(os.environ["XDG_CACHE_HOME"]) if os.environ.get("XDG_CACHE_HOME") else Path.home() / ".cache"
-    return base / "pnfs_pipeline" / "kernels"
-
-
-def _compiler() -> str | None:
-    if os.environ.get("CC"):
-        return os.environ["CC"]
-    for name in ("cc", "gcc", "clang"):
-        if shutil.which(name):
-            return name
-    return None
-
-
-def _machine_key() -> str:
-    """What ``-march=native`` depends on: a cache shared by different CPUs keeps one build each."""
-    cpu = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "flags")):
-                cpu += line
-                if line.startswith("flags"):
-                    break
-    except OSError:
-        pass
-    return cpu
-
-
-def _build(compiler: str) -> Path:
-    source = SOURCE.read_bytes()
-    try:
-        version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
-    except (OSError, subprocess.SubprocessError) as error:
-        raise RuntimeError(f"C compiler {compiler!r} did not run: {error}") from error
-    key = hashlib.sha256(source + " ".join(FLAGS).encode() + version.encode() + _machine_key().encode())
-    cache = kernel_cache_dir()
-    target = cache / f"batch_norm_act-{key.hexdigest()[:16]}.so"
-    if target.exists():
-        return target
-    cache.mkdir(parents=True, exist_ok=True)
-    # Built under a temporary name and renamed: workers of one job may build at the same time.
-    handle, temporary = tempfile.mkstemp(suffix=".so", dir=cache)
-    os.close(handle)
-    try:
-        result = subprocess.run(
-            [compiler, *FLAGS, str(SOURCE), "-o", temporary, "-lm"], capture_output=True, text=True, timeout=300
-        )
-        if result.returncode != 0:
-            raise RuntimeError(f"{compiler} failed on {SOURCE}: {result.stderr.strip()[-2000:]}")
-        os.replace(temporary, target)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-    logger.info("Built the fused BatchNorm kernel: %s", target)
-    return target
-
-
-def _declare(library: ctypes.CDLL) -> None:
-    pointer, size, real, integer = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
-    for name in _DTYPES.values():
-        forward = getattr(library, f"pnfs_bn_act_forward_{name}")
-        forward.argtypes = [pointer, size, size, pointer, pointer, real, pointer, pointer, real, integer, integer,
-                            pointer, pointer, pointer]
-        forward.restype = integer
-        backward = getattr(library, f"pnfs_bn_act_backward_{name}")
-        backward.argtypes = [pointer, pointer, size, size, pointer, pointer, pointer, pointer, integer, integer,
-                             pointer, pointer, pointer]
-        backward.restype = integer
-
-
-def load_kernel() -> ctypes.CDLL | None:
-    """The compiled kernel library, building it on first use; ``None`` where it is unavailable
-    (the reason is in :func:`unavailable_reason`)."""
-    with _lock:
-        if _state["loaded"]:
-            return _state["library"]  # type: ignore[return-value]
-        _state["loaded"] = True
-        try:
-            if os.environ.get("PNFS_FUSED_BATCH_NORM", "1") == "0":
-                raise RuntimeError("turned off by PNFS_FUSED_BATCH_NORM=0")
-            compiler = _compiler()
-            if compiler is None:
-                raise RuntimeError("no C compiler found (set CC)")
-            library = ctypes.CDLL(str(_build(compiler)))
-            _declare(library)
-            _state["library"] = library
-        except (OSError, RuntimeError, AttributeError) as error:
-            _state["error"] = str(error)
-            logger.warning("Fused BatchNorm kernel unavailable, using PyTorch's: %s", error)
-        return _state["library"]  # type: ignore[return-value]
-
-
-def unavailable_reason() -> str | None:
-    return _state["error"]  # type: ignore[return-value]
 
 
 def _address(tensor: torch.Tensor | None) -> int | None:
@@ -148,12 +35,12 @@ def _address(tensor: torch.Tensor | None) -> int | None:
 class _BatchNormActivation(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, momentum: float, eps: float, activation: int):
-        library = load_kernel()
+        library = load_kernels()
         channels = x.shape[1]
         rows = x.numel() // channels
         y = torch.empty_like(x, memory_format=torch.channels_last)
         mean, invstd = x.new_empty(channels, dtype=torch.float32), x.new_empty(channels, dtype=torch.float32)
-        status = getattr(library, f"pnfs_bn_act_forward_{_DTYPES[x.dtype]}")(
+        status = getattr(library, f"pnfs_bn_act_forward_{DTYPE_SUFFIXES[x.dtype]}")(
             x.data_ptr(), rows, channels, _address(weight), _address(bias), eps,
             _address(running_mean), _address(running_var), momentum, activation, torch.get_num_threads(),
             y.data_ptr(), mean.data_ptr(), invstd.data_ptr(),
@@ -167,14 +54,14 @@ class _BatchNormActivation(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, weight, bias, mean, invstd = ctx.saved_tensors
-        library = load_kernel()
+        library = load_kernels()
         grad = grad.to(x.dtype).contiguous(memory_format=torch.channels_last)
         channels = x.shape[1]
         needs_x, needs_weight, needs_bias = ctx.needs_input_grad[:3]
         grad_x = torch.empty_like(x, memory_format=torch.channels_last) if needs_x else None
         grad_weight = mean.new_empty(channels) if needs_weight else None
         grad_bias = mean.new_empty(channels) if needs_bias else None
-        status = getattr(library, f"pnfs_bn_act_backward_{_DTYPES[x.dtype]}")(
+        status = getattr(library, f"pnfs_bn_act_backward_{DTYPE_SUFFIXES[x.dtype]}")(
             grad.data_ptr(), x.data_ptr(), x.numel() // channels, channels, _address(weight), _address(bias),
             mean.data_ptr(), invstd.data_ptr(), ctx.activation, torch.get_num_threads(),
             _address(grad_x), _address(grad_weight), _address(grad_bias),
@@ -204,12 +91,12 @@ def can_fuse(x: torch.Tensor, use_batch_statistics: bool, *parameters: torch.Ten
         use_batch_statistics
         and x.device.type == "cpu"
         and x.dim() == 4
-        and x.dtype in _DTYPES
+        and x.dtype in DTYPE_SUFFIXES
         and x.numel() > 0
         and x.numel() // x.shape[1] > 1  # PyTorch refuses one value per channel; let it say so
         and x.is_contiguous(memory_format=torch.channels_last)
         and all(_fits(p, x.shape[1]) for p in parameters)
-        and load_kernel() is not None
+        and load_kernels() is not None
     )
 
 
@@ -301,7 +188,7 @@ def use_fused_batch_norm(model: nn.Module) -> int:
     kernel's classes; returns how many. Nothing is switched where the kernel is unavailable.
     Parameters, buffers and state-dict keys are untouched; call it again after building a new model.
     """
-    if load_kernel() is None:
+    if load_kernels() is None:
         return 0
     switched = 0
     for module in model.modules():

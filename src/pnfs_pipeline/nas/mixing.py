@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from pnfs_pipeline.nas.native_kernels import DTYPE_SUFFIXES, load_kernels
+
 
 def _flat_pair(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     """1-D views of two same-shaped tensors with the same dense layout, or None."""
@@ -32,6 +34,28 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if flat is None:
         return (a * b).sum()
     return torch.dot(*flat)
+
+
+def _scale_and_dot(
+    grad: torch.Tensor, term: torch.Tensor, weight: torch.Tensor, scale: float, need_scaled: bool, need_dot: bool
+) -> tuple[torch.Tensor | None, torch.Tensor | None] | None:
+    """``(grad * weight * scale, sum(grad * term))`` in one pass of the C kernel
+    (``csrc/weighted_sum.c``), or None where it does not serve (other devices, dtypes or layouts)."""
+    if grad.device.type != "cpu" or grad.dtype != term.dtype or grad.dtype not in DTYPE_SUFFIXES:
+        return None
+    flat = _flat_pair(grad, term)
+    library = load_kernels() if flat is not None else None
+    if library is None:
+        return None
+    scaled = torch.empty_like(grad) if need_scaled else None
+    dot = torch.zeros((), dtype=torch.float64) if need_dot else None
+    status = getattr(library, f"pnfs_scale_and_dot_{DTYPE_SUFFIXES[grad.dtype]}")(
+        grad.data_ptr(), term.data_ptr(), grad.numel(), float(weight) * scale, torch.get_num_threads(),
+        None if scaled is None else scaled.data_ptr(), None if dot is None else dot.data_ptr(),
+    )
+    if status:
+        raise RuntimeError(f"weighted sum backward kernel failed (status {status}) on {tuple(grad.shape)}")
+    return scaled, dot
 
 
 class _WeightedSum(torch.autograd.Function):
@@ -73,15 +97,19 @@ class _WeightedSum(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         weights, *weighted = ctx.saved_tensors
-        grad_weights = None
-        if ctx.needs_input_grad[0] and weighted:
-            grad_weights = torch.stack([_dot(grad, t).to(weights.dtype) for t in weighted]) * ctx.scale
-        grad_tensors = []
+        need_weights = ctx.needs_input_grad[0] and bool(weighted)
+        dots, grad_tensors = [], []
         for k, t in enumerate(weighted):
-            if ctx.needs_input_grad[3 + k]:
-                grad_tensors.append((grad * (weights[k] * ctx.scale).to(grad.dtype)).to(t.dtype))
+            need_tensor = ctx.needs_input_grad[3 + k]
+            fused = _scale_and_dot(grad, t, weights[k], ctx.scale, need_tensor, need_weights)
+            if fused is not None:
+                scaled, dot = fused
             else:
-                grad_tensors.append(None)
+                scaled = (grad * (weights[k] * ctx.scale).to(grad.dtype)).to(t.dtype) if need_tensor else None
+                dot = _dot(grad, t) if need_weights else None
+            grad_tensors.append(scaled)
+            dots.append(dot)
+        grad_weights = torch.stack([d.to(weights.dtype) for d in dots]) * ctx.scale if need_weights else None
         for j, dtype in enumerate(ctx.prescaled_dtypes):
             grad_tensors.append(grad.to(dtype) if ctx.needs_input_grad[3 + len(weighted) + j] else None)
         return (grad_weights, None, None, *grad_tensors)

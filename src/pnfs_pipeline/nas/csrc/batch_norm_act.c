@@ -18,28 +18,9 @@
 #include <string.h>
 #include <omp.h>
 
+#include "common.h"
+
 enum { ACT_NONE = 0, ACT_RELU = 1, ACT_RELU6 = 2 };
-
-static inline float load_bf16(uint16_t v) {
-    uint32_t bits = (uint32_t)v << 16;
-    float f;
-    memcpy(&f, &bits, sizeof f);
-    return f;
-}
-
-/* Round to nearest even, as torch's float -> bfloat16 conversion; NaN stays NaN. */
-static inline uint16_t store_bf16(float f) {
-    uint32_t bits;
-    memcpy(&bits, &f, sizeof bits);
-    uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
-    uint32_t nan = (bits >> 16) | 0x40u;
-    return (uint16_t)((bits & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
-}
-
-static inline float load_f32(float v) { return v; }
-static inline float store_f32(float f) { return f; }
-static inline float rounded_bf16(float f) { return load_bf16(store_bf16(f)); }
-static inline float rounded_f32(float f) { return f; }
 
 #define ACTIVATE_0(z) (z)
 #define ACTIVATE_1(z) ((z) > 0.f ? (z) : 0.f)

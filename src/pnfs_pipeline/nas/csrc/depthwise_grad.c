@@ -1,0 +1,132 @@
+/* Gradients of a depthwise convolution on channels_last maps, for the strides and dilations whose
+ * oneDNN backward kernels are slow on the CPU (see pnfs_pipeline/nas/fast_depthwise.py).
+ *
+ * x: (N, H, W, C) input, g: (N, Ho, Wo, C) output gradient, weights (C, k, k) in float32:
+ *   grad_w[c, i, j] = sum_{n, yo, xo} g[n, yo, xo, c] * x[n, yo*s - p + i*d, xo*s - p + j*d, c]
+ *   grad_x[n, yi, xi, c] = sum over taps (i, j) with yi = yo*s - p + i*d, xi = xo*s - p + j*d of
+ *                          w[c, i, j] * g[n, yo, xo, c]
+ * Every inner loop runs over the channels, which are contiguous.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <omp.h>
+
+#include "common.h"
+
+typedef struct {
+    int64_t N, C, H, W, Ho, Wo;
+    int kernel, stride, dilation, padding;
+} depthwise_t;
+
+#define FLUSH_OUTPUT_ROWS 4 /* float sums over a few output rows, then double */
+
+#define DEFINE_DEPTHWISE(TYPE, NAME)                                                             \
+    int pnfs_depthwise_weight_grad_##NAME(const TYPE *g, const TYPE *x, int64_t N, int64_t C,    \
+                                          int64_t H, int64_t W, int64_t Ho, int64_t Wo,          \
+                                          int kernel, int stride, int dilation, int padding,     \
+                                          int threads, float *grad_w) {                          \
+        if (N < 1 || C < 1 || kernel < 1 || stride < 1 || dilation < 1 || threads < 1) return 1; \
+        const int taps = kernel * kernel;                                                       \
+        const int64_t rows = N * Ho;                                                            \
+        double *partial = calloc((size_t)threads * taps * C, sizeof(double));                   \
+        if (!partial) return 2;                                                                 \
+        int failed = 0;                                                                         \
+        _Pragma("omp parallel num_threads(threads) reduction(|| : failed)")                     \
+        {                                                                                       \
+            int t = omp_get_thread_num(), n_threads = omp_get_num_threads();                    \
+            int64_t r0 = rows * t / n_threads, r1 = rows * (t + 1) / n_threads;                 \
+            float *acc = calloc((size_t)taps * C + C, sizeof(float));                           \
+            if (!acc) {                                                                         \
+                failed = 1;                                                                     \
+            } else {                                                                            \
+                float *restrict grad_row = acc + (size_t)taps * C;                              \
+                double *restrict total = partial + (size_t)t * taps * C;                        \
+                for (int64_t r = r0; r < r1; r++) {                                             \
+                    int64_t n = r / Ho, yo = r % Ho;                                            \
+                    for (int64_t xo = 0; xo < Wo; xo++) {                                       \
+                        const TYPE *restrict gp = g + ((n * Ho + yo) * Wo + xo) * C;            \
+                        for (int64_t c = 0; c < C; c++) grad_row[c] = load_##NAME(gp[c]);       \
+                        for (int i = 0; i < kernel; i++) {                                      \
+                            int64_t yi = yo * stride - padding + (int64_t)i * dilation;         \
+                            if (yi < 0 || yi >= H) continue;                                    \
+                            for (int j = 0; j < kernel; j++) {                                  \
+                                int64_t xi = xo * stride - padding + (int64_t)j * dilation;     \
+                                if (xi < 0 || xi >= W) continue;                                \
+                                const TYPE *restrict xp = x + ((n * H + yi) * W + xi) * C;      \
+                                float *restrict a = acc + (size_t)(i * kernel + j) * C;         \
+                                for (int64_t c = 0; c < C; c++)                                 \
+                                    a[c] += grad_row[c] * load_##NAME(xp[c]);                   \
+                            }                                                                   \
+                        }                                                                       \
+                    }                                                                           \
+                    if ((r - r0) % FLUSH_OUTPUT_ROWS == FLUSH_OUTPUT_ROWS - 1 || r == r1 - 1) {  \
+                        for (int64_t e = 0; e < (int64_t)taps * C; e++) {                       \
+                            total[e] += acc[e];                                                 \
+                            acc[e] = 0.f;                                                       \
+                        }                                                                       \
+                    }                                                                           \
+                }                                                                               \
+                free(acc);                                                                      \
+            }                                                                                   \
+        }                                                                                       \
+        if (!failed) {                                                                          \
+            for (int64_t c = 0; c < C; c++)                                                     \
+                for (int tap = 0; tap < taps; tap++) {                                          \
+                    double sum = 0.0;                                                           \
+                    for (int t = 0; t < threads; t++) sum += partial[((size_t)t * taps + tap) * C + c]; \
+                    grad_w[c * taps + tap] = (float)sum;                                        \
+                }                                                                               \
+        }                                                                                       \
+        free(partial);                                                                          \
+        return failed ? 2 : 0;                                                                  \
+    }                                                                                           \
+                                                                                                \
+    int pnfs_depthwise_input_grad_##NAME(const TYPE *g, const float *weight, int64_t N,         \
+                                         int64_t C, int64_t H, int64_t W, int64_t Ho,           \
+                                         int64_t Wo, int kernel, int stride, int dilation,      \
+                                         int padding, int threads, TYPE *grad_x) {              \
+        if (N < 1 || C < 1 || kernel < 1 || stride < 1 || dilation < 1 || threads < 1) return 1; \
+        const int taps = kernel * kernel;                                                       \
+        float *by_tap = malloc((size_t)taps * C * sizeof(float));                               \
+        if (!by_tap) return 2;                                                                  \
+        for (int64_t c = 0; c < C; c++)                                                         \
+            for (int tap = 0; tap < taps; tap++) by_tap[(size_t)tap * C + c] = weight[c * taps + tap]; \
+        int failed = 0;                                                                         \
+        _Pragma("omp parallel num_threads(threads) reduction(|| : failed)")                     \
+        {                                                                                       \
+            float *restrict acc = malloc((size_t)C * sizeof(float));                            \
+            if (!acc) failed = 1;                                                               \
+            _Pragma("omp for schedule(static)")                                                 \
+            for (int64_t r = 0; r < N * H; r++) {                                               \
+                if (!acc) continue;                                                             \
+                int64_t n = r / H, yi = r % H;                                                  \
+                for (int64_t xi = 0; xi < W; xi++) {                                            \
+                    for (int64_t c = 0; c < C; c++) acc[c] = 0.f;                               \
+                    for (int i = 0; i < kernel; i++) {                                          \
+                        int64_t ty = yi + padding - (int64_t)i * dilation;                      \
+                        if (ty < 0 || ty % stride) continue;                                    \
+                        int64_t yo = ty / stride;                                               \
+                        if (yo >= Ho) continue;                                                 \
+                        for (int j = 0; j < kernel; j++) {                                      \
+                            int64_t tx = xi + padding - (int64_t)j * dilation;                  \
+                            if (tx < 0 || tx % stride) continue;                                \
+                            int64_t xo = tx / stride;                                           \
+                            if (xo >= Wo) continue;                                             \
+                            const TYPE *restrict gp = g + ((n * Ho + yo) * Wo + xo) * C;        \
+                            const float *restrict wt = by_tap + (size_t)(i * kernel + j) * C;   \
+                            for (int64_t c = 0; c < C; c++) acc[c] += wt[c] * load_##NAME(gp[c]); \
+                        }                                                                       \
+                    }                                                                           \
+                    TYPE *restrict out = grad_x + ((n * H + yi) * W + xi) * C;                  \
+                    for (int64_t c = 0; c < C; c++) out[c] = store_##NAME(acc[c]);              \
+                }                                                                               \
+            }                                                                                   \
+            free(acc);                                                                          \
+        }                                                                                       \
+        free(by_tap);                                                                           \
+        return failed ? 2 : 0;                                                                  \
+    }
+
+DEFINE_DEPTHWISE(uint16_t, bf16)
+DEFINE_DEPTHWISE(float, f32)
