@@ -103,6 +103,9 @@ TRAINING_MODES = {
 }
 
 
+TRAINING_WARMUP_STEPS = 5
+
+
 def _autocast(device: torch.device, optimised: bool):
     if not optimised:
         return nullcontext()
@@ -142,7 +145,9 @@ def time_training(
         loss.backward()
         optimizer.step()
 
-    seconds = _timed(step, steps, device, warmup=2)
+    # The first training steps are slower (page faults of new allocations, oneDNN building its
+    # primitives): on 2 cores the supernet step settles after about four.
+    seconds = _timed(step, steps, device, warmup=TRAINING_WARMUP_STEPS)
     return {"images_per_second": batch / seconds, "peak_memory_mb": peak_memory_mb(device)}
 
 

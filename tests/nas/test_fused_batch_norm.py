@@ -108,6 +108,19 @@ def test_relu6_passes_no_gradient_where_the_bfloat16_output_rounds_to_six():
     assert not result["grad_bias"].any()
 
 
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("activation", ["relu", "relu6"])
+def test_nan_in_a_channel_comes_out_as_nan(dtype, activation):
+    # A diverging run must show NaN, not a channel silently set to zero by the activation.
+    x = torch.randn(2, 3, 4, 5)
+    x[1, 1, 2, 3] = float("nan")
+    x = _channels_last(x.to(dtype))
+    y = fused_batch_norm_act(x, None, None, None, None, 0.1, 1e-5, activation)
+    assert y[:, 1].isnan().all()
+    assert not y[:, 0].isnan().any() and not y[:, 2].isnan().any()
+
+
 def _small_network() -> nn.Module:
     return nn.Sequential(
         nn.Conv2d(3, 16, 3, padding=1),

@@ -22,9 +22,10 @@
 
 enum { ACT_NONE = 0, ACT_RELU = 1, ACT_RELU6 = 2 };
 
+/* Written so that NaN passes through, as torch.relu / relu6 let it: a diverging run shows NaN. */
 #define ACTIVATE_0(z) (z)
-#define ACTIVATE_1(z) ((z) > 0.f ? (z) : 0.f)
-#define ACTIVATE_2(z) ((z) > 0.f ? ((z) < 6.f ? (z) : 6.f) : 0.f)
+#define ACTIVATE_1(z) ((z) < 0.f ? 0.f : (z))
+#define ACTIVATE_2(z) ((z) < 0.f ? 0.f : ((z) > 6.f ? 6.f : (z)))
 #define PASSES_0(z) ((void)(z), 1.f)
 #define PASSES_1(z) ((z) > 0.f ? 1.f : 0.f)
 #define PASSES_2(z) (((z) > 0.f) & ((z) < 6.f) ? 1.f : 0.f)
@@ -136,21 +137,30 @@ static void tile(const float *v, layout_t s, float *out) {
         free(partial);                                                                          \
     } while (0)
 
+#define CHUNK 1024 /* values computed in float, then stored in one conversion pass */
+
 /* out[e] = EXPR over every value, groups in parallel, then the rows past the last group. */
 #define ELEMENTWISE(TYPE, NAME, EXPR)                                                            \
     do {                                                                                        \
         const int64_t L = s.L, C = s.C;                                                         \
-        _Pragma("omp parallel for num_threads(threads) schedule(static)")                       \
-        for (int64_t grp = 0; grp < s.groups; grp++) {                                          \
-            const TYPE *restrict xg = x + grp * L;                                              \
-            const TYPE *restrict gg = g + grp * L;                                              \
-            TYPE *restrict og = out + grp * L;                                                  \
-            (void)gg;                                                                           \
-            for (int64_t e = 0; e < L; e++) {                                                   \
-                float xv = load_##NAME(xg[e]);                                                  \
-                float gv = load_##NAME(gg[e]);                                                  \
-                (void)gv;                                                                       \
-                og[e] = store_##NAME(EXPR);                                                     \
+        _Pragma("omp parallel num_threads(threads)")                                            \
+        {                                                                                       \
+            float values[CHUNK];                                                                \
+            _Pragma("omp for schedule(static)")                                                 \
+            for (int64_t grp = 0; grp < s.groups; grp++) {                                      \
+                for (int64_t e0 = 0; e0 < L; e0 += CHUNK) {                                     \
+                    const int64_t e1 = e0 + CHUNK < L ? e0 + CHUNK : L;                          \
+                    const TYPE *restrict xg = x + grp * L;                                      \
+                    const TYPE *restrict gg = g + grp * L;                                      \
+                    (void)gg;                                                                   \
+                    for (int64_t e = e0; e < e1; e++) {                                         \
+                        float xv = load_##NAME(xg[e]);                                          \
+                        float gv = load_##NAME(gg[e]);                                          \
+                        (void)gv;                                                               \
+                        values[e - e0] = EXPR;                                                  \
+                    }                                                                           \
+                    store_row_##NAME(values, out + grp * L + e0, e1 - e0);                      \
+                }                                                                               \
             }                                                                                   \
         }                                                                                       \
         for (int64_t r = s.groups * s.k; r < s.rows; r++)                                       \

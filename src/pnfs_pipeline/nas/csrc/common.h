@@ -4,6 +4,9 @@
 
 #include <stdint.h>
 #include <string.h>
+#ifdef __AVX512BF16__
+#include <immintrin.h>
+#endif
 
 static inline float load_bf16(uint16_t v) {
     uint32_t bits = (uint32_t)v << 16;
@@ -25,5 +28,22 @@ static inline float load_f32(float v) { return v; }
 static inline float store_f32(float f) { return f; }
 static inline float rounded_bf16(float f) { return load_bf16(store_bf16(f)); }
 static inline float rounded_f32(float f) { return f; }
+
+/* n floats stored as bfloat16 / float32. Where the CPU converts (AVX512-BF16), one instruction
+ * rounds 16 values to nearest even as store_bf16 does (it reads denormal inputs as zero). */
+static inline void store_row_bf16(const float *restrict in, uint16_t *restrict out, int64_t n) {
+    int64_t i = 0;
+#ifdef __AVX512BF16__
+    for (; i + 16 <= n; i += 16) {
+        __m256bh packed = _mm512_cvtneps_pbh(_mm512_loadu_ps(in + i));
+        _mm256_storeu_si256((__m256i *)(out + i), (__m256i)packed);
+    }
+#endif
+    for (; i < n; i++) out[i] = store_bf16(in[i]);
+}
+
+static inline void store_row_f32(const float *restrict in, float *restrict out, int64_t n) {
+    memcpy(out, in, (size_t)n * sizeof(float));
+}
 
 #endif
