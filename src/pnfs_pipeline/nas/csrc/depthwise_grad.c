@@ -21,6 +21,21 @@ typedef struct {
 
 #define FLUSH_OUTPUT_ROWS 4 /* float sums over a few output rows, then double */
 
+#define LANES 16
+
+/* The first xo whose tap lands inside [0, W): xo * s - p + j * d >= 0. */
+static inline int64_t first_output(int64_t offset, int stride) {
+    return offset >= 0 ? 0 : (-offset + stride - 1) / stride;
+}
+
+/* One past the last xo with xo * s + offset < W. */
+static inline int64_t end_output(int64_t offset, int stride, int64_t W, int64_t Wo) {
+    int64_t last = W - 1 - offset;
+    if (last < 0) return 0;
+    int64_t end = last / stride + 1;
+    return end < Wo ? end : Wo;
+}
+
 #define DEFINE_DEPTHWISE(TYPE, NAME)                                                             \
     int pnfs_depthwise_weight_grad_##NAME(const TYPE *g, const TYPE *x, int64_t N, int64_t C,    \
                                           int64_t H, int64_t W, int64_t Ho, int64_t Wo,          \
@@ -36,38 +51,66 @@ typedef struct {
         {                                                                                       \
             int t = omp_get_thread_num(), n_threads = omp_get_num_threads();                    \
             int64_t r0 = rows * t / n_threads, r1 = rows * (t + 1) / n_threads;                 \
-            float *acc = calloc((size_t)taps * C + C, sizeof(float));                           \
-            if (!acc) {                                                                         \
+            /* Per output row: its gradient in float, and per-tap sums over a few rows. */     \
+            float *buffer = malloc(((size_t)Wo * C + (size_t)taps * C) * sizeof(float));        \
+            if (!buffer) {                                                                      \
                 failed = 1;                                                                     \
             } else {                                                                            \
-                float *restrict grad_row = acc + (size_t)taps * C;                              \
+                float *restrict grad_row = buffer, *restrict sums = buffer + (size_t)Wo * C;    \
                 double *restrict total = partial + (size_t)t * taps * C;                        \
+                memset(sums, 0, (size_t)taps * C * sizeof(float));                              \
                 for (int64_t r = r0; r < r1; r++) {                                             \
                     int64_t n = r / Ho, yo = r % Ho;                                            \
-                    for (int64_t xo = 0; xo < Wo; xo++) {                                       \
-                        const TYPE *restrict gp = g + ((n * Ho + yo) * Wo + xo) * C;            \
-                        for (int64_t c = 0; c < C; c++) grad_row[c] = load_##NAME(gp[c]);       \
-                        for (int i = 0; i < kernel; i++) {                                      \
-                            int64_t yi = yo * stride - padding + (int64_t)i * dilation;         \
-                            if (yi < 0 || yi >= H) continue;                                    \
-                            for (int j = 0; j < kernel; j++) {                                  \
-                                int64_t xi = xo * stride - padding + (int64_t)j * dilation;     \
-                                if (xi < 0 || xi >= W) continue;                                \
-                                const TYPE *restrict xp = x + ((n * H + yi) * W + xi) * C;      \
-                                float *restrict a = acc + (size_t)(i * kernel + j) * C;         \
-                                for (int64_t c = 0; c < C; c++)                                 \
-                                    a[c] += grad_row[c] * load_##NAME(xp[c]);                   \
+                    const TYPE *restrict gp = g + (n * Ho + yo) * Wo * C;                       \
+                    for (int64_t e = 0; e < Wo * C; e++) grad_row[e] = load_##NAME(gp[e]);      \
+                    for (int i = 0; i < kernel; i++) {                                          \
+                        int64_t yi = yo * stride - padding + (int64_t)i * dilation;             \
+                        if (yi < 0 || yi >= H) continue;                                        \
+                        const TYPE *restrict x_row = x + (n * H + yi) * W * C;                  \
+                        for (int j = 0; j < kernel; j++) {                                      \
+                            int64_t offset = (int64_t)j * dilation - padding;                   \
+                            int64_t xo0 = first_output(offset, stride);                         \
+                            int64_t xo1 = end_output(offset, stride, W, Wo);                    \
+                            float *restrict tap_sums = sums + (size_t)(i * kernel + j) * C;     \
+                            int64_t c0 = 0;                                                     \
+                            /* 16 channels at a time in four independent register accumulators:     \
+                             * one would wait on the previous multiply-add at every position. */    \
+                            for (; c0 + LANES <= C; c0 += LANES) {                                  \
+                                float acc0[LANES] = {0}, acc1[LANES] = {0}, acc2[LANES] = {0},      \
+                                      acc3[LANES] = {0};                                            \
+                                const float *restrict gv = grad_row + c0;                           \
+                                const TYPE *restrict xv = x_row + offset * C + c0;                  \
+                                const int64_t xs = stride * C;                                      \
+                                int64_t xo = xo0;                                                   \
+                                for (; xo + 4 <= xo1; xo += 4)                                      \
+                                    for (int l = 0; l < LANES; l++) {                               \
+                                        acc0[l] += gv[xo * C + l] * load_##NAME(xv[xo * xs + l]);   \
+                                        acc1[l] += gv[(xo + 1) * C + l] * load_##NAME(xv[(xo + 1) * xs + l]);\
+                                        acc2[l] += gv[(xo + 2) * C + l] * load_##NAME(xv[(xo + 2) * xs + l]);\
+                                        acc3[l] += gv[(xo + 3) * C + l] * load_##NAME(xv[(xo + 3) * xs + l]);\
+                                    }                                                               \
+                                for (; xo < xo1; xo++)                                              \
+                                    for (int l = 0; l < LANES; l++)                                 \
+                                        acc0[l] += gv[xo * C + l] * load_##NAME(xv[xo * xs + l]);   \
+                                for (int l = 0; l < LANES; l++)                                     \
+                                    tap_sums[c0 + l] += (acc0[l] + acc1[l]) + (acc2[l] + acc3[l]);  \
+                            }                                                                       \
+                            for (int64_t c = c0; c < C; c++) {                                  \
+                                float acc = 0.f;                                                \
+                                for (int64_t xo = xo0; xo < xo1; xo++)                          \
+                                    acc += grad_row[xo * C + c] * load_##NAME(x_row[(xo * stride + offset) * C + c]); \
+                                tap_sums[c] += acc;                                             \
                             }                                                                   \
                         }                                                                       \
                     }                                                                           \
                     if ((r - r0) % FLUSH_OUTPUT_ROWS == FLUSH_OUTPUT_ROWS - 1 || r == r1 - 1) {  \
                         for (int64_t e = 0; e < (int64_t)taps * C; e++) {                       \
-                            total[e] += acc[e];                                                 \
-                            acc[e] = 0.f;                                                       \
+                            total[e] += sums[e];                                                \
+                            sums[e] = 0.f;                                                      \
                         }                                                                       \
                     }                                                                           \
                 }                                                                               \
-                free(acc);                                                                      \
+                free(buffer);                                                                   \
             }                                                                                   \
         }                                                                                       \
         if (!failed) {                                                                          \
