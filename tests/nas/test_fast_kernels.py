@@ -277,3 +277,40 @@ def test_scale_folded_into_batch_norm_equals_scaling_the_output(kind, training):
         torch.testing.assert_close(folded_grad, plain_grad, rtol=1e-4, atol=1e-4)
     for folded_buffer, plain_buffer in zip(outputs[1][3], outputs[0][3], strict=True):
         torch.testing.assert_close(folded_buffer, plain_buffer)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("mixed_dtypes", [False, True])
+def test_weighted_sum_with_relu_matches_relu_of_the_plain_sum(dtype, mixed_dtypes):
+    """One pass in the C kernel where it serves (one dtype), PyTorch's passes otherwise."""
+    torch.manual_seed(0)
+    shape = (2, 16, 9, 7)
+    terms = [torch.randn(shape).to(dtype).contiguous(memory_format=torch.channels_last) for _ in range(2)]
+    prescaled = [torch.randn(shape).contiguous(memory_format=torch.channels_last)]
+    prescaled[0] = prescaled[0].to(torch.float32 if mixed_dtypes else dtype)
+    weights = torch.tensor([0.2, 0.7])
+    results = []
+    for fused in (True, False):
+        leaves = [t.double().requires_grad_() if not fused else t.clone().requires_grad_() for t in terms + prescaled]
+        w = weights.clone().double().requires_grad_() if not fused else weights.clone().requires_grad_()
+        if fused:
+            out = weighted_sum(w, leaves[:2], 3.0, prescaled=leaves[2:], relu=True)
+        else:
+            out = torch.relu(3.0 * (w[0] * leaves[0] + w[1] * leaves[1]) + leaves[2])
+        grad = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+        out.backward(grad.to(out.dtype))
+        results.append((out.detach().double(), [leaf.grad.double() for leaf in leaves], w.grad.double()))
+    (out, grads, w_grad), (ref_out, ref_grads, ref_w_grad) = results
+    tolerance = 1e-5 if dtype == torch.float32 and not mixed_dtypes else 2e-2
+    assert ((out - ref_out).abs().max() / ref_out.abs().max()).item() < tolerance
+    for got, want in zip(grads, ref_grads, strict=True):
+        assert ((got - want).abs().max() / want.abs().max()).item() < tolerance
+    assert ((w_grad - ref_w_grad).abs().max() / ref_w_grad.abs().max()).item() < tolerance
+    assert (out >= 0).all()
+
+
+def test_weighted_sum_relu_lets_nan_through():
+    terms = [torch.ones(1, 4, 3, 3).contiguous(memory_format=torch.channels_last) for _ in range(2)]
+    terms[1][0, 2, 1, 1] = float("nan")
+    out = weighted_sum(torch.tensor([0.5, 0.5]), terms, 3.0, relu=True)
+    assert out.isnan().sum() == 1 and out[0, 2, 1, 1].isnan()

@@ -15,7 +15,6 @@ bf16, channels_last) from 683 to 647 ms (means of four interleaved rounds in one
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pnfs_pipeline.nas.mixing import weighted_sum
@@ -145,13 +144,12 @@ class Cell(nn.Module):
         connected = self.connect(
             previous, [w * float(NUM_SLOTS) if f else None for w, f in zip(source_weights, fold, strict=True)]
         )
-        node = F.relu(
-            weighted_sum(
-                [w for w, f in zip(source_weights, fold, strict=True) if not f],
-                [t for t, f in zip(connected, fold, strict=True) if not f],
-                float(NUM_SLOTS),
-                prescaled=[t for t, f in zip(connected, fold, strict=True) if f],
-            )
+        node = weighted_sum(
+            [w for w, f in zip(source_weights, fold, strict=True) if not f],
+            [t for t, f in zip(connected, fold, strict=True) if not f],
+            float(NUM_SLOTS),
+            prescaled=[t for t, f in zip(connected, fold, strict=True) if f],
+            relu=True,
         )
         states = [node]
         if self.input_nodes == 2:

@@ -10,6 +10,8 @@ they are, and their gradient is the output's gradient itself.
 
 from __future__ import annotations
 
+import ctypes
+
 import torch
 
 from pnfs_pipeline.nas.native_kernels import DTYPE_SUFFIXES, load_kernels
@@ -58,6 +60,51 @@ def _scale_and_dot(
     return scaled, dot
 
 
+def _weighted_sum_in_passes(weights, scale, weighted, prescaled, dtype) -> torch.Tensor:
+    """PyTorch's kernels, one pass per term: the first addition makes the output."""
+    scaled = (weights * scale).to(dtype)
+    if prescaled:
+        if weighted:
+            out = torch.addcmul(prescaled[0].to(dtype), weighted[0].to(dtype), scaled[0])
+            weighted_start = 1
+        else:
+            out = torch.add(prescaled[0].to(dtype), prescaled[1].to(dtype))
+            prescaled = prescaled[1:]
+            weighted_start = 0
+        for p in prescaled[1:]:
+            out.add_(p.to(dtype))
+    else:
+        out = weighted[0].to(dtype) * scaled[0]
+        weighted_start = 1
+    for k in range(weighted_start, len(weighted)):
+        out.addcmul_(weighted[k].to(dtype), scaled[k])
+    return out
+
+
+def _native_weighted_sum(weights, scale, weighted, prescaled, relu: bool) -> torch.Tensor | None:
+    """The sum (and ReLU) in one pass of the C kernel, or None where it does not serve: every term
+    a CPU map of one dtype (float32 / bfloat16) and one dense layout."""
+    terms = [*weighted, *prescaled]
+    first = terms[0]
+    if first.device.type != "cpu" or first.dtype not in DTYPE_SUFFIXES:
+        return None
+    if any(t.dtype != first.dtype or t.shape != first.shape or _flat_pair(first, t) is None for t in terms):
+        return None
+    library = load_kernels()
+    if library is None:
+        return None
+    factors = [*(weights.detach().double() * scale).tolist(), *([1.0] * len(prescaled))]
+    out = torch.empty_like(first)
+    status = getattr(library, f"pnfs_weighted_sum_{DTYPE_SUFFIXES[first.dtype]}")(
+        (ctypes.c_void_p * len(terms))(*(t.data_ptr() for t in terms)),
+        (ctypes.c_float * len(terms))(*factors),
+        len(terms), first.numel(), int(relu), torch.get_num_threads(), out.data_ptr(),
+    )
+    if status:
+        raise RuntimeError(f"weighted sum kernel failed (status {status}) on {tuple(first.shape)}")
+    return out
+
+
 class _WeightedSum(torch.autograd.Function):
     """``scale * sum_k w_k x_k + sum_j p_j``: weighted terms ``x_k``, then ``prescaled`` terms ``p_j``.
 
@@ -66,41 +113,34 @@ class _WeightedSum(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, weights: torch.Tensor, scale: float, prescaled_count: int, *tensors: torch.Tensor) -> torch.Tensor:
+    def forward(
+        ctx, weights: torch.Tensor, scale: float, prescaled_count: int, relu: bool, *tensors: torch.Tensor
+    ) -> torch.Tensor:
         dtype = tensors[0].dtype
         for t in tensors[1:]:
             dtype = torch.promote_types(dtype, t.dtype)
         weighted_count = len(tensors) - prescaled_count
         weighted, prescaled = tensors[:weighted_count], tensors[weighted_count:]
-        scaled = (weights * scale).to(dtype)
-        if prescaled:
-            # One pass per term: the first addition makes the output.
-            if weighted:
-                out = torch.addcmul(prescaled[0].to(dtype), weighted[0].to(dtype), scaled[0])
-                weighted_start = 1
-            else:
-                out = torch.add(prescaled[0].to(dtype), prescaled[1].to(dtype))
-                prescaled = prescaled[1:]
-                weighted_start = 0
-            for p in prescaled[1:]:
-                out.add_(p.to(dtype))
-        else:
-            out = weighted[0].to(dtype) * scaled[0]
-            weighted_start = 1
-        for k in range(weighted_start, weighted_count):
-            out.addcmul_(weighted[k].to(dtype), scaled[k])
+        out = _native_weighted_sum(weights, scale, weighted, prescaled, relu)
+        if out is None:
+            out = _weighted_sum_in_passes(weights, scale, weighted, prescaled, dtype)
+            if relu:
+                out.clamp_min_(0.0)
         ctx.scale = scale
+        ctx.relu = relu
         ctx.prescaled_dtypes = [t.dtype for t in tensors[weighted_count:]]
-        ctx.save_for_backward(weights, *weighted)
+        ctx.save_for_backward(weights, out if relu else None, *weighted)
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        weights, *weighted = ctx.saved_tensors
+        weights, out, *weighted = ctx.saved_tensors
+        if ctx.relu:
+            grad = torch.ops.aten.threshold_backward(grad, out, 0)
         need_weights = ctx.needs_input_grad[0] and bool(weighted)
         dots, grad_tensors = [], []
         for k, t in enumerate(weighted):
-            need_tensor = ctx.needs_input_grad[3 + k]
+            need_tensor = ctx.needs_input_grad[4 + k]
             fused = _scale_and_dot(grad, t, weights[k], ctx.scale, need_tensor, need_weights)
             if fused is not None:
                 scaled, dot = fused
@@ -111,8 +151,8 @@ class _WeightedSum(torch.autograd.Function):
             dots.append(dot)
         grad_weights = torch.stack([d.to(weights.dtype) for d in dots]) * ctx.scale if need_weights else None
         for j, dtype in enumerate(ctx.prescaled_dtypes):
-            grad_tensors.append(grad.to(dtype) if ctx.needs_input_grad[3 + len(weighted) + j] else None)
-        return (grad_weights, None, None, *grad_tensors)
+            grad_tensors.append(grad.to(dtype) if ctx.needs_input_grad[4 + len(weighted) + j] else None)
+        return (grad_weights, None, None, None, *grad_tensors)
 
 
 def weighted_sum(
@@ -120,8 +160,10 @@ def weighted_sum(
     tensors: list[torch.Tensor],
     scale: float = 1.0,
     prescaled: list[torch.Tensor] | tuple[torch.Tensor, ...] = (),
+    relu: bool = False,
 ) -> torch.Tensor:
-    """``scale * sum_k weights[k] * tensors[k] + sum(prescaled)`` with a cheap backward.
+    """``scale * sum_k weights[k] * tensors[k] + sum(prescaled)`` with a cheap backward, passed
+    through a ReLU when ``relu`` (in the same pass where the C kernel serves).
 
     ``prescaled`` are terms whose weight is already applied (see the module docstring).
     """
@@ -133,5 +175,6 @@ def weighted_sum(
     if not tensors and not prescaled:
         raise ValueError("weighted_sum needs at least one term")
     if len(tensors) + len(prescaled) == 1:
-        return tensors[0] * (weights[0] * scale) if tensors else prescaled[0]
-    return _WeightedSum.apply(weights, float(scale), len(prescaled), *tensors, *prescaled)
+        out = tensors[0] * (weights[0] * scale) if tensors else prescaled[0]
+        return torch.relu(out) if relu else out
+    return _WeightedSum.apply(weights, float(scale), len(prescaled), relu, *tensors, *prescaled)

@@ -109,6 +109,7 @@ SIGNATURES = {
     "pnfs_depthwise_weight_grad": [_P, _P, _I64, _I64, _I64, _I64, _I64, _I64, _INT, _INT, _INT, _INT, _INT, _P],
     "pnfs_depthwise_input_grad": [_P, _P, _I64, _I64, _I64, _I64, _I64, _I64, _INT, _INT, _INT, _INT, _INT, _P],
     "pnfs_scale_and_dot": [_P, _P, _I64, _F32, _INT, _P, _P],
+    "pnfs_weighted_sum": [_P, _P, _INT, _I64, _INT, _INT, _P],
 }
 DTYPE_SUFFIXES = {torch.bfloat16: "bf16", torch.float32: "f32"}
 

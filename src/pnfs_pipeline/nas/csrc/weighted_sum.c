@@ -47,3 +47,35 @@
 
 DEFINE_SCALE_AND_DOT(uint16_t, bf16)
 DEFINE_SCALE_AND_DOT(float, f32)
+
+/* out = act(sum_k factors[k] * terms[k]) in one pass, accumulated in float32 (PyTorch's separate
+ * additions round to the maps' type after each); act: 0 none, 1 ReLU (NaN passes through). */
+#define DEFINE_WEIGHTED_SUM(TYPE, NAME)                                                          \
+    int pnfs_weighted_sum_##NAME(const TYPE *const *terms, const float *factors, int count,      \
+                                 int64_t n, int act, int threads, TYPE *out) {                   \
+        if (count < 1 || n < 0 || threads < 1 || act < 0 || act > 1) return 1;                   \
+        _Pragma("omp parallel num_threads(threads)")                                            \
+        {                                                                                       \
+            float values[FLUSH_VALUES];                                                         \
+            _Pragma("omp for schedule(static)")                                                 \
+            for (int64_t block = 0; block < (n + FLUSH_VALUES - 1) / FLUSH_VALUES; block++) {    \
+                const int64_t i0 = block * FLUSH_VALUES;                                        \
+                const int64_t m = n - i0 < FLUSH_VALUES ? n - i0 : FLUSH_VALUES;                 \
+                const TYPE *restrict first = terms[0] + i0;                                     \
+                const float f0 = factors[0];                                                    \
+                for (int64_t i = 0; i < m; i++) values[i] = f0 * load_##NAME(first[i]);         \
+                for (int k = 1; k < count; k++) {                                               \
+                    const TYPE *restrict term = terms[k] + i0;                                  \
+                    const float f = factors[k];                                                 \
+                    for (int64_t i = 0; i < m; i++) values[i] += f * load_##NAME(term[i]);      \
+                }                                                                               \
+                if (act == 1)                                                                   \
+                    for (int64_t i = 0; i < m; i++) values[i] = values[i] < 0.f ? 0.f : values[i]; \
+                store_row_##NAME(values, out + i0, m);                                          \
+            }                                                                                   \
+        }                                                                                       \
+        return 0;                                                                               \
+    }
+
+DEFINE_WEIGHTED_SUM(uint16_t, bf16)
+DEFINE_WEIGHTED_SUM(float, f32)
