@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pnfs_pipeline.nas.native_kernels import DTYPE_SUFFIXES, load_kernels
+from pnfs_pipeline.nas.native_kernels import DTYPE_SUFFIXES, kernel, load_kernels
 
 logger = logging.getLogger(__name__)
 
@@ -65,14 +65,14 @@ def _native_kernels_serve(x: torch.Tensor) -> bool:
 
 
 def _native_weight_grad(
-    grad: torch.Tensor, x: torch.Tensor, kernel: int, stride: int, dilation: int, padding: int
+    grad: torch.Tensor, x: torch.Tensor, kernel_size: int, stride: int, dilation: int, padding: int
 ) -> torch.Tensor:
     """(C, 1, k, k) float32 weight gradient of a depthwise convolution, both maps channels_last."""
     n, channels, height, width = x.shape
-    grad_weight = torch.empty(channels, 1, kernel, kernel, dtype=torch.float32)
-    status = getattr(load_kernels(), f"pnfs_depthwise_weight_grad_{DTYPE_SUFFIXES[x.dtype]}")(
+    grad_weight = torch.empty(channels, 1, kernel_size, kernel_size, dtype=torch.float32)
+    status = kernel("pnfs_depthwise_weight_grad", x.dtype)(
         grad.data_ptr(), x.data_ptr(), n, channels, height, width, grad.shape[2], grad.shape[3],
-        kernel, stride, dilation, padding, torch.get_num_threads(), grad_weight.data_ptr(),
+        kernel_size, stride, dilation, padding, torch.get_num_threads(), grad_weight.data_ptr(),
     )
     if status:
         raise RuntimeError(f"depthwise weight gradient kernel failed (status {status}) on {tuple(x.shape)}")
@@ -85,7 +85,7 @@ def _native_input_grad(
     n, channels, height, width = input_shape
     grad_x = torch.empty(input_shape, dtype=grad.dtype, memory_format=torch.channels_last)
     weight = weight.detach().float().contiguous()
-    status = getattr(load_kernels(), f"pnfs_depthwise_input_grad_{DTYPE_SUFFIXES[grad.dtype]}")(
+    status = kernel("pnfs_depthwise_input_grad", grad.dtype)(
         grad.data_ptr(), weight.data_ptr(), n, channels, height, width, grad.shape[2], grad.shape[3],
         weight.shape[-1], stride, dilation, padding, torch.get_num_threads(), grad_x.data_ptr(),
     )

@@ -21,7 +21,12 @@ import torch
 from timm.layers import BatchNormAct2d
 from torch import nn
 
-from pnfs_pipeline.nas.native_kernels import DTYPE_SUFFIXES, load_kernels, unavailable_reason
+from pnfs_pipeline.nas.native_kernels import (
+    DTYPE_SUFFIXES,
+    kernel,
+    load_kernels,
+    unavailable_reason,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -35,33 +40,33 @@ def _address(tensor: torch.Tensor | None) -> int | None:
 class _BatchNormActivation(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, momentum: float, eps: float, activation: int):
-        library = load_kernels()
         channels = x.shape[1]
         rows = x.numel() // channels
         y = torch.empty_like(x, memory_format=torch.channels_last)
-        mean, invstd = x.new_empty(channels, dtype=torch.float32), x.new_empty(channels, dtype=torch.float32)
-        status = getattr(library, f"pnfs_bn_act_forward_{DTYPE_SUFFIXES[x.dtype]}")(
+        statistics = torch.empty(2, channels, dtype=torch.float32)  # mean, 1 / std: one allocation
+        mean, invstd = statistics[0], statistics[1]
+        status = kernel("pnfs_bn_act_forward", x.dtype)(
             x.data_ptr(), rows, channels, _address(weight), _address(bias), eps,
             _address(running_mean), _address(running_var), momentum, activation, torch.get_num_threads(),
             y.data_ptr(), mean.data_ptr(), invstd.data_ptr(),
         )
         if status:
             raise RuntimeError(f"fused batch norm forward failed (status {status}) on input {tuple(x.shape)}")
-        ctx.save_for_backward(x, weight, bias, mean, invstd)
+        ctx.save_for_backward(x, weight, bias, statistics)
         ctx.activation = activation
         return y
 
     @staticmethod
     def backward(ctx, grad):
-        x, weight, bias, mean, invstd = ctx.saved_tensors
-        library = load_kernels()
+        x, weight, bias, statistics = ctx.saved_tensors
+        mean, invstd = statistics[0], statistics[1]
         grad = grad.to(x.dtype).contiguous(memory_format=torch.channels_last)
         channels = x.shape[1]
         needs_x, needs_weight, needs_bias = ctx.needs_input_grad[:3]
         grad_x = torch.empty_like(x, memory_format=torch.channels_last) if needs_x else None
-        grad_weight = mean.new_empty(channels) if needs_weight else None
-        grad_bias = mean.new_empty(channels) if needs_bias else None
-        status = getattr(library, f"pnfs_bn_act_backward_{DTYPE_SUFFIXES[x.dtype]}")(
+        grad_weight = torch.empty(channels, dtype=torch.float32) if needs_weight else None
+        grad_bias = torch.empty(channels, dtype=torch.float32) if needs_bias else None
+        status = kernel("pnfs_bn_act_backward", x.dtype)(
             grad.data_ptr(), x.data_ptr(), x.numel() // channels, channels, _address(weight), _address(bias),
             mean.data_ptr(), invstd.data_ptr(), ctx.activation, torch.get_num_threads(),
             _address(grad_x), _address(grad_weight), _address(grad_bias),

@@ -14,7 +14,7 @@ import ctypes
 
 import torch
 
-from pnfs_pipeline.nas.native_kernels import DTYPE_SUFFIXES, load_kernels
+from pnfs_pipeline.nas.native_kernels import DTYPE_SUFFIXES, kernel, load_kernels
 
 
 def _flat_pair(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -51,7 +51,7 @@ def _scale_and_dot(
         return None
     scaled = torch.empty_like(grad) if need_scaled else None
     dot = torch.zeros((), dtype=torch.float64) if need_dot else None
-    status = getattr(library, f"pnfs_scale_and_dot_{DTYPE_SUFFIXES[grad.dtype]}")(
+    status = kernel("pnfs_scale_and_dot", grad.dtype)(
         grad.data_ptr(), term.data_ptr(), grad.numel(), float(weight) * scale, torch.get_num_threads(),
         None if scaled is None else scaled.data_ptr(), None if dot is None else dot.data_ptr(),
     )
@@ -95,7 +95,7 @@ def _native_weighted_sum(weights, scale, weighted, prescaled, relu: bool) -> tor
         return None
     factors = [*(weights.detach().double() * scale).tolist(), *([1.0] * len(prescaled))]
     out = torch.empty_like(first)
-    status = getattr(library, f"pnfs_weighted_sum_{DTYPE_SUFFIXES[first.dtype]}")(
+    status = kernel("pnfs_weighted_sum", first.dtype)(
         (ctypes.c_void_p * len(terms))(*(t.data_ptr() for t in terms)),
         (ctypes.c_float * len(terms))(*factors),
         len(terms), first.numel(), int(relu), torch.get_num_threads(), out.data_ptr(),

@@ -114,17 +114,31 @@ SIGNATURES = {
 DTYPE_SUFFIXES = {torch.bfloat16: "bf16", torch.float32: "f32"}
 
 
+_functions: dict[tuple[str, torch.dtype], ctypes._CFuncPtr] = {}
+
+
 def _declare(library: ctypes.CDLL) -> None:
     for name, argtypes in SIGNATURES.items():
-        for suffix in DTYPE_SUFFIXES.values():
+        for dtype, suffix in DTYPE_SUFFIXES.items():
             function = getattr(library, f"{name}_{suffix}")
             function.argtypes = argtypes
             function.restype = ctypes.c_int
+            _functions[(name, dtype)] = function
+
+
+def kernel(name: str, dtype: torch.dtype) -> ctypes._CFuncPtr:
+    """The declared function ``name`` for maps of ``dtype`` (after :func:`load_kernels` succeeded)."""
+    try:
+        return _functions[(name, dtype)]
+    except KeyError:
+        raise RuntimeError(f"no C kernel {name} for {dtype}: {unavailable_reason() or 'kernels not loaded'}") from None
 
 
 def load_kernels() -> ctypes.CDLL | None:
     """The compiled kernel library, building it on first use; ``None`` where it is unavailable
     (the reason is in :func:`unavailable_reason`)."""
+    if _state["loaded"]:  # every call after the first: no lock
+        return _state["library"]  # type: ignore[return-value]
     with _lock:
         if _state["loaded"]:
             return _state["library"]  # type: ignore[return-value]
