@@ -142,7 +142,6 @@ def load_kernels() -> ctypes.CDLL | None:
     with _lock:
         if _state["loaded"]:
             return _state["library"]  # type: ignore[return-value]
-        _state["loaded"] = True
         try:
             if os.environ.get("PNFS_NATIVE_KERNELS", "1") == "0":
                 raise RuntimeError("turned off by PNFS_NATIVE_KERNELS=0")
@@ -155,6 +154,9 @@ def load_kernels() -> ctypes.CDLL | None:
         except (OSError, RuntimeError, AttributeError) as error:
             _state["error"] = str(error)
             logger.warning("CPU training kernels unavailable, using PyTorch's own: %s", error)
+        finally:
+            # Last: the lock-free check above must not see "loaded" while the build runs.
+            _state["loaded"] = True
         return _state["library"]  # type: ignore[return-value]
 
 
