@@ -63,6 +63,16 @@ static layout_t layout_of(int64_t rows, int64_t C) {
     return s;
 }
 
+/* Room for `vectors` per-channel vectors with their tiled copies, and 2 x C double sums. */
+static int scratch(layout_t s, int vectors, float **work, double **sums) {
+    *work = malloc((size_t)vectors * (s.C + s.L) * sizeof(float));
+    *sums = malloc((size_t)2 * s.C * sizeof(double));
+    if (*work && *sums) return 0;
+    free(*work);
+    free(*sums);
+    return 2;
+}
+
 /* Per-channel vector v (C values) tiled k times into out (L values). */
 static void tile(const float *v, layout_t s, float *out) {
     for (int64_t j = 0; j < s.k; j++) memcpy(out + j * s.C, v, (size_t)s.C * sizeof(float));
@@ -222,13 +232,9 @@ static void tile(const float *v, layout_t s, float *out) {
                                    TYPE *y, float *save_mean, float *save_invstd) {             \
         if (rows < 1 || C < 1 || threads < 1 || act < 0 || act > 2) return 1;                   \
         layout_t s = layout_of(rows, C);                                                        \
-        float *work = malloc((size_t)3 * (C + s.L) * sizeof(float));                            \
-        double *sums = malloc((size_t)2 * C * sizeof(double));                                  \
-        if (!work || !sums) {                                                                   \
-            free(work);                                                                         \
-            free(sums);                                                                         \
-            return 2;                                                                           \
-        }                                                                                       \
+        float *work;                                                                            \
+        double *sums;                                                                           \
+        if (scratch(s, 3, &work, &sums)) return 2;                                             \
         float *origin = work, *scale = work + C, *shift = work + 2 * C;                         \
         float *origin_t = work + 3 * C, *scale_t = origin_t + s.L, *shift_t = scale_t + s.L;    \
         /* Sums about the first row's values: no cancellation when |mean| >> std. */           \
@@ -270,13 +276,9 @@ static void tile(const float *v, layout_t s, float *out) {
                                     float *grad_weight, float *grad_bias) {                     \
         if (rows < 1 || C < 1 || threads < 1 || act < 0 || act > 2) return 1;                   \
         layout_t s = layout_of(rows, C);                                                        \
-        float *work = malloc((size_t)6 * (C + s.L) * sizeof(float));                            \
-        double *sums = malloc((size_t)2 * C * sizeof(double));                                  \
-        if (!work || !sums) {                                                                   \
-            free(work);                                                                         \
-            free(sums);                                                                         \
-            return 2;                                                                           \
-        }                                                                                       \
+        float *work;                                                                            \
+        double *sums;                                                                           \
+        if (scratch(s, 6, &work, &sums)) return 2;                                             \
         float *scale = work, *shift = work + C, *mean_c = work + 2 * C, *a = work + 3 * C,      \
               *b = work + 4 * C, *d = work + 5 * C;                                             \
         float *scale_t = work + 6 * C, *shift_t = scale_t + s.L, *mean_t = shift_t + s.L,       \
