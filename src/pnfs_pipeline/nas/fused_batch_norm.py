@@ -130,6 +130,12 @@ def fused_batch_norm_act(
             )
     if (running_mean is None) != (running_var is None):
         raise ValueError("fused batch norm: running_mean and running_var come together or not at all")
+    return fused_unchecked(x, weight, bias, running_mean, running_var, momentum, eps, activation)
+
+
+def fused_unchecked(x, weight, bias, running_mean, running_var, momentum, eps, activation: str = "none"):
+    """:func:`fused_batch_norm_act` for callers that asked :func:`can_fuse` with these tensors
+    already (the training hot path: no second round of checks)."""
     return _BatchNormActivation.apply(
         x, weight, bias, running_mean, running_var, float(momentum), float(eps), ACTIVATIONS[activation]
     )
@@ -159,7 +165,7 @@ class FusedBatchNorm2d(nn.BatchNorm2d):
         if not ((self.training or self.running_mean is None) and can_fuse(x, True, *_tensors(self))):
             return super().forward(x)
         running_mean, running_var, _, momentum = running_statistics(self)
-        return fused_batch_norm_act(x, self.weight, self.bias, running_mean, running_var, momentum, self.eps)
+        return fused_unchecked(x, self.weight, self.bias, running_mean, running_var, momentum, self.eps)
 
 
 def _activation_of(module: nn.Module) -> str | None:
@@ -181,7 +187,7 @@ class FusedBatchNormAct2d(BatchNormAct2d):
         if not (usable and (self.training or self.running_mean is None) and can_fuse(x, True, *_tensors(self))):
             return super().forward(x)
         running_mean, running_var, _, momentum = running_statistics(self)
-        return fused_batch_norm_act(x, self.weight, self.bias, running_mean, running_var, momentum, self.eps, activation)
+        return fused_unchecked(x, self.weight, self.bias, running_mean, running_var, momentum, self.eps, activation)
 
 
 def uses_fused_kernel(module: nn.Module) -> bool:

@@ -17,7 +17,7 @@ from torch import nn
 from pnfs_pipeline.nas.fused_batch_norm import (
     FusedBatchNorm2d,
     can_fuse,
-    fused_batch_norm_act,
+    fused_unchecked,
     running_statistics,
     uses_fused_kernel,
 )
@@ -168,7 +168,7 @@ def scaled_batch_norm(
     else:
         weight, bias = torch.full((x.shape[1],), float(factor), device=x.device), None
     if uses_fused_kernel(bn) and can_fuse(x, use_batch_statistics, weight, bias, running_mean, running_var):
-        return fused_batch_norm_act(x, weight, bias, running_mean, running_var, momentum, bn.eps, activation)
+        return fused_unchecked(x, weight, bias, running_mean, running_var, momentum, bn.eps, activation)
     out = F.batch_norm(x, running_mean, running_var, weight, bias, use_batch_statistics, momentum, bn.eps)
     return _activate(out, activation)
 
