@@ -19,10 +19,13 @@ from torch import nn
 
 from pnfs_pipeline.nas.mixing import weighted_sum
 from pnfs_pipeline.nas.ops import (
+    AdaptedInput,
     UpsampleConnect,
     build_connection,
     build_op,
     canonical_op_names,
+    composes_with_adapter,
+    connect_through_adapter,
     folds_scale,
     scaled_forward,
 )
@@ -108,9 +111,19 @@ class Cell(nn.Module):
         )
         self.channel_keep = nn.Conv2d(c * hidden_states, c, 1)
 
-    def connect(self, previous: list[torch.Tensor], weights: list[torch.Tensor | None]) -> list[torch.Tensor]:
+    def connect(
+        self, previous: list[torch.Tensor | AdaptedInput], weights: list[torch.Tensor | None]
+    ) -> list[torch.Tensor]:
         """Each distinct source brought to this cell's scale, multiplied by its weight where the
-        connection can fold it (its BatchNorm); sources with a ``None`` weight come unweighted."""
+        connection can fold it (its BatchNorm); sources with a ``None`` weight come unweighted.
+
+        A source may be a backbone map behind its 1x1 adapter (the first layer after a cut
+        backbone): while autograd records, a connection that starts with a convolution reads the
+        backbone map through the composed weights (``ops.connect_through_adapter``), fewer
+        multiply-adds for the same function. Without gradients (inference, size profiling) every
+        connection reads the adapted map, as the architecture is written.
+        """
+        compose = torch.is_grad_enabled()
         target_size = None
         outputs: list[torch.Tensor | None] = [None] * len(self.sources)
         # Same-scale and finer sources first: their size fixes the upsampling target.
@@ -118,20 +131,33 @@ class Cell(nn.Module):
             connection = self.connections[k]
             if isinstance(connection, UpsampleConnect):
                 continue
+            x = previous[source]
+            if isinstance(x, AdaptedInput):
+                if compose and composes_with_adapter(connection, x.adapter):
+                    outputs[k] = connect_through_adapter(connection, x, factor=weights[k])
+                    target_size = outputs[k].shape[-2:]
+                    continue
+                x = x.tensor
             if weights[k] is None:
-                outputs[k] = connection(previous[source])
+                outputs[k] = connection(x)
             else:
-                outputs[k] = scaled_forward(connection, previous[source], weights[k])
+                outputs[k] = scaled_forward(connection, x, weights[k])
             target_size = outputs[k].shape[-2:]
         for k, source in enumerate(self.sources):
             if outputs[k] is None:
+                connection, x = self.connections[k], previous[source]
                 factor = 1.0 if weights[k] is None else weights[k]
-                outputs[k] = self.connections[k](previous[source], target_size, factor=factor)
+                if isinstance(x, AdaptedInput):
+                    if compose and composes_with_adapter(connection, x.adapter):
+                        outputs[k] = connect_through_adapter(connection, x, target_size, factor)
+                        continue
+                    x = x.tensor
+                outputs[k] = connection(x, target_size, factor=factor)
         return outputs  # type: ignore[return-value]
 
     def forward(
         self,
-        previous: list[torch.Tensor],
+        previous: list[torch.Tensor | AdaptedInput],
         beta: torch.Tensor,
         alpha: torch.Tensor,
         active_ops: list[int] | None = None,

@@ -18,10 +18,13 @@ from pnfs_pipeline.nas.backbones import build_backbone
 from pnfs_pipeline.nas.cell import NUM_SLOTS
 from pnfs_pipeline.nas.genotype import GridShape, kept_sources, parse_cell_name, validate_genotype
 from pnfs_pipeline.nas.ops import (
+    AdaptedInput,
     UpsampleConnect,
     build_connection,
     build_op,
     canonical_op_name,
+    composes_with_adapter,
+    connect_through_adapter,
     scaled_forward,
 )
 from pnfs_pipeline.nas.supernet import HeadConfig, PartHead
@@ -70,22 +73,34 @@ class DerivedCell(nn.Module):
         self.edges = nn.ModuleList(DerivedEdge(c, e, num_candidate_ops) for e in edges)
         self.channel_keep = nn.Conv2d(c * hidden_states, c, 1)
 
-    def forward(self, previous: dict[int, torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+    def forward(self, previous: dict[int, torch.Tensor | AdaptedInput], size: tuple[int, int]) -> torch.Tensor:
         """``size``: the (H, W) of this cell's scale. A pruned cell may read only the coarser
-        scale, and doubling that is off by one wherever a finer size was odd (9 -> 5 -> 10)."""
+        scale, and doubling that is off by one wherever a finer size was odd (9 -> 5 -> 10).
+
+        A source may be a backbone map behind its adapter; while autograd records, connections
+        read it through the composed weights, as the supernet's cells do (``cell.Cell.connect``).
+        """
+        compose = torch.is_grad_enabled()
         node = None
         identity: tuple[torch.Tensor, float] | None = None
         for s, w in zip(self.source_scales, self.source_weights, strict=True):
             module = self.connections[str(s)]
+            x = previous[s]
+            if isinstance(x, AdaptedInput):
+                if compose and composes_with_adapter(module, x.adapter):
+                    term = connect_through_adapter(module, x, size if isinstance(module, UpsampleConnect) else None, w)
+                    node = term if node is None else node + term
+                    continue
+                x = x.tensor
             if isinstance(module, nn.Identity):
                 # Scaled inside the addition below: a separate scaling pass (and Python's
                 # ``sum`` starting from 0) each cost a full read and write of the finest maps.
-                identity = (previous[s], w)
+                identity = (x, w)
                 continue
             if isinstance(module, UpsampleConnect):
-                term = module(previous[s], size, factor=w)
+                term = module(x, size, factor=w)
             else:
-                term = scaled_forward(module, previous[s], w)
+                term = scaled_forward(module, x, w)
             node = term if node is None else node + term
         if identity is not None:
             same_scale, weight = identity
@@ -94,7 +109,8 @@ class DerivedCell(nn.Module):
         states = [node]
         if self.input_nodes == 2:
             # The same-scale source is an identity connection: its unweighted input is at hand.
-            states.append(previous[self.scale] if self.scale in self.source_scales else node)
+            same_scale = previous[self.scale] if self.scale in self.source_scales else node
+            states.append(same_scale.tensor if isinstance(same_scale, AdaptedInput) else same_scale)
         edge = 0
         for _ in range(self.hidden_states):
             hidden = None
@@ -146,9 +162,12 @@ class DerivedPart(nn.Module):
         self.head = PartHead(channels[0], len(self.keypoints), HeadConfig(**network["head"]))
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        outputs: dict[tuple[int, int], torch.Tensor] = {
-            (self.cut_layers - 1, s): self.adapters[str(s)](features[s]) for s in self.used_features
-        }
+        # Adapted lazily: the first cells' connections may read the backbone maps themselves.
+        outputs: dict[tuple[int, int], torch.Tensor | AdaptedInput] = {}
+        for s in self.used_features:
+            adapter = self.adapters[str(s)]
+            key = (self.cut_layers - 1, s)
+            outputs[key] = AdaptedInput(features[s], adapter) if isinstance(adapter, nn.Conv2d) else adapter(features[s])
         # Every fabric scale keeps the size of the backbone's feature map at that scale; scales
         # below the backbone's come from stride-2 reductions (3x3, padding 1: ceil of half).
         sizes = [tuple(f.shape[-2:]) for f in features]

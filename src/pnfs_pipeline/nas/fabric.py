@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from pnfs_pipeline.nas.cell import NUM_SLOTS, Cell, num_edges
+from pnfs_pipeline.nas.ops import AdaptedInput
 
 
 def fabric_layer_sizes(depth: int, num_scales: int) -> list[int]:
@@ -102,13 +103,14 @@ class CellFabric(nn.Module):
 
     def forward(
         self,
-        inputs: list[torch.Tensor],
+        inputs: list[torch.Tensor | AdaptedInput],
         alpha_weights: torch.Tensor,
         beta_weights: torch.Tensor,
         active_ops: list[list[int]] | None = None,
         last_layer: bool = False,
     ) -> torch.Tensor | list[torch.Tensor]:
-        """``alpha_weights``: (cells, edges, ops); ``beta_weights``: (cells, 3).
+        """``alpha_weights``: (cells, edges, ops); ``beta_weights``: (cells, 3). ``inputs`` may be
+        backbone maps behind their adapters (:class:`~pnfs_pipeline.nas.ops.AdaptedInput`).
 
         Returns the stride-4 output, or with ``last_layer`` every map of the last built layer.
         """

@@ -16,7 +16,7 @@ from torch import nn
 from pnfs_pipeline.nas.backbones import Backbone
 from pnfs_pipeline.nas.cell import NUM_SLOTS
 from pnfs_pipeline.nas.fabric import CellFabric
-from pnfs_pipeline.nas.ops import canonical_op_names
+from pnfs_pipeline.nas.ops import AdaptedInput, canonical_op_names
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,11 @@ class PartBranch(nn.Module):
         self.head = PartHead(channels[0], len(keypoints), head)
 
     def forward(self, features, alpha_weights, beta_weights, active_ops=None) -> torch.Tensor:
-        adapted = [adapt(f) for adapt, f in zip(self.adapters, features, strict=True)]
+        # Adapted lazily: the fabric's first connections may read the backbone maps themselves.
+        adapted = [
+            AdaptedInput(f, adapt) if isinstance(adapt, nn.Conv2d) else adapt(f)
+            for adapt, f in zip(self.adapters, features, strict=True)
+        ]
         if self.fabric.cut_layers == 0:
             adapted = adapted[:1]
         return self.head(self.fabric(adapted, alpha_weights, beta_weights, active_ops))
