@@ -32,6 +32,7 @@ from pnfs_pipeline.nas.derived import DerivedNetwork
 from pnfs_pipeline.nas.fast_depthwise import use_fast_depthwise
 from pnfs_pipeline.nas.fused_batch_norm import use_fused_batch_norm
 from pnfs_pipeline.nas.genotype import derive_genotype
+from pnfs_pipeline.nas.ops import set_adapter_composition
 from pnfs_pipeline.nas.supernet import FabricConfig, HeadConfig, PartSupernet
 
 logger = logging.getLogger(__name__)
@@ -94,12 +95,12 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-# Training modes compared side by side:
-# (bf16 autocast, channels_last, CPU depthwise rewrites, fused Adam kernel).
+# Training modes compared side by side: (bf16 autocast, channels_last, CPU kernels (depthwise
+# rewrites, fused BatchNorm), fused Adam kernel, connections composed with the backbone adapters).
 TRAINING_MODES = {
-    "fp32": (False, False, False, False),
-    "fp32+channels_last+cpu_kernels+fused_adam": (False, True, True, True),
-    "bf16+channels_last+cpu_kernels+fused_adam": (True, True, True, True),
+    "fp32": (False, False, False, False, False),
+    "fp32+channels_last+cpu_kernels+fused_adam+composed_adapters": (False, True, True, True, True),
+    "bf16+channels_last+cpu_kernels+fused_adam+composed_adapters": (True, True, True, True, True),
 }
 
 
@@ -121,9 +122,10 @@ def time_training(
     mode: str = "fp32",
 ) -> dict[str, float]:
     """Images per second of forward + backward + Adam step on random data."""
-    bf16, channels_last, cpu_kernels, fused_adam = TRAINING_MODES[mode]
+    bf16, channels_last, cpu_kernels, fused_adam, composed_adapters = TRAINING_MODES[mode]
     width, height = input_size
     model = model.to(device).train()
+    set_adapter_composition(model, composed_adapters)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if cpu_kernels:
@@ -342,20 +344,20 @@ def run_suite(quick: bool, input_size: tuple[int, int], device: torch.device, th
 
 def format_table(report: dict[str, Any]) -> str:
     lines = [f"machine: {report['machine']}", f"input {report['input_size']} on {report['device']}", ""]
-    lines.append(f"{'supernet training (batch 8)':62s} {'img/s':>8s} {'peak MB':>9s}")
+    lines.append(f"{'supernet training (batch 8)':80s} {'img/s':>8s} {'peak MB':>9s}")
     for key, value in report["supernet_training"].items():
-        lines.append(f"{key:62s} {value['images_per_second']:8.1f} {value['peak_memory_mb']:9.0f}")
+        lines.append(f"{key:80s} {value['images_per_second']:8.1f} {value['peak_memory_mb']:9.0f}")
     lines.append("")
-    lines.append(f"{'inference':62s} {'ms':>8s} {'img/s':>9s}")
+    lines.append(f"{'inference':80s} {'ms':>8s} {'img/s':>9s}")
     for key, value in report["inference"].items():
-        lines.append(f"{key:62s} {value['latency_ms']:8.1f} {value['images_per_second']:9.1f}")
+        lines.append(f"{key:80s} {value['latency_ms']:8.1f} {value['images_per_second']:9.1f}")
     lines.append("")
-    lines.append(f"{'training time and memory by input and batch (fp32)':62s} {'img/s':>8s} {'peak MB':>9s}")
+    lines.append(f"{'training time and memory by input and batch (fp32)':80s} {'img/s':>8s} {'peak MB':>9s}")
     for key, value in report["scaling_fp32"].items():
-        lines.append(f"{key:62s} {value['images_per_second']:8.1f} {value['peak_memory_mb']:9.0f}")
+        lines.append(f"{key:80s} {value['images_per_second']:8.1f} {value['peak_memory_mb']:9.0f}")
     lines.append("")
     for key, value in report["data_loader_samples_per_second"].items():
-        lines.append(f"data loader {key:50s} {value:8.1f} samples/s")
+        lines.append(f"data loader {key:68s} {value:8.1f} samples/s")
     nms = report["oks_nms_10k"]
     lines.append(f"OKS-NMS, 10k detections: loop {nms['baseline_seconds']:.2f} s, vectorised {nms['optimised_seconds']:.2f} s")
     lines.append(f"COCO evaluation, 10k detections: {report['coco_eval_10k']['seconds']:.2f} s")

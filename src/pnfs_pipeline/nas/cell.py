@@ -77,6 +77,8 @@ class Cell(nn.Module):
     layer) each slot reads. ``channels`` lists channels per scale.
     """
 
+    compose_adapters = True  # see connect(); switched by ops.set_adapter_composition
+
     def __init__(
         self,
         scale: int,
@@ -123,7 +125,7 @@ class Cell(nn.Module):
         multiply-adds for the same function. Without gradients (inference, size profiling) every
         connection reads the adapted map, as the architecture is written.
         """
-        compose = torch.is_grad_enabled()
+        compose = self.compose_adapters and torch.is_grad_enabled()
         target_size = None
         outputs: list[torch.Tensor | None] = [None] * len(self.sources)
         # Same-scale and finer sources first: their size fixes the upsampling target.

@@ -50,6 +50,8 @@ class DerivedEdge(nn.Module):
 
 
 class DerivedCell(nn.Module):
+    compose_adapters = True  # see forward(); switched by ops.set_adapter_composition
+
     def __init__(
         self,
         scale: int,
@@ -80,7 +82,7 @@ class DerivedCell(nn.Module):
         A source may be a backbone map behind its adapter; while autograd records, connections
         read it through the composed weights, as the supernet's cells do (``cell.Cell.connect``).
         """
-        compose = torch.is_grad_enabled()
+        compose = self.compose_adapters and torch.is_grad_enabled()
         node = None
         identity: tuple[torch.Tensor, float] | None = None
         for s, w in zip(self.source_scales, self.source_weights, strict=True):

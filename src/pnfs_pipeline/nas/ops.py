@@ -359,6 +359,20 @@ def _with_ones_channel(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x, ones], dim=1)
 
 
+def set_adapter_composition(model: nn.Module, enabled: bool) -> int:
+    """Switch the composed reading of adapted backbone maps (on by default; see
+    :func:`connect_through_adapter`) in every cell of ``model``; returns how many cells.
+
+    Off, training runs the connections as written, which the benchmark's fp32 baseline does.
+    """
+    count = 0
+    for module in model.modules():
+        if hasattr(module, "compose_adapters"):
+            module.compose_adapters = enabled
+            count += 1
+    return count
+
+
 def connect_through_adapter(
     connection: nn.Module,
     source: AdaptedInput,
