@@ -10,6 +10,7 @@ from torch import nn
 
 import pnfs_pipeline.nas.cell as cell_module
 import pnfs_pipeline.nas.derived as derived_module
+import pnfs_pipeline.nas.ops as ops_module
 from pnfs_pipeline.keypoints import load_keypoint_spec
 from pnfs_pipeline.nas.backbones import build_backbone
 from pnfs_pipeline.nas.derived import DerivedNetwork
@@ -39,10 +40,10 @@ def _randomised(module: nn.Module, seed: int) -> nn.Module:
 def _connection(kind: str) -> tuple[nn.Module, nn.Conv2d, torch.Tensor]:
     adapter = _randomised(nn.Conv2d(5, 12, 1), 1)
     if kind == "reduce":
-        connection, size = _randomised(ReduceConnect(12, 16), 2), (10, 7)
+        connection, size = _randomised(ReduceConnect(12, 16), 2), (15, 11)
     else:
-        connection, size = _randomised(UpsampleConnect(12, 8), 3), (5, 4)
-    raw = torch.randn(3, 5, *size, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+        connection, size = _randomised(UpsampleConnect(12, 8), 3), (8, 6)
+    raw = torch.randn(4, 5, *size, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     return connection, adapter, raw
 
 
@@ -76,8 +77,8 @@ def _run(connection, adapter, raw, factor, composed: bool, size=None):
 @pytest.mark.parametrize("factor", [None, 0.7])
 def test_composed_connection_equals_the_adapter_then_the_connection(kind, factor):
     connection, adapter, raw = _connection(kind)
-    assert composes_with_adapter(connection, adapter)
-    size = (10, 8) if kind == "upsample" else None
+    assert composes_with_adapter(connection, AdaptedInput(raw, adapter))
+    size = (16, 11) if kind == "upsample" else None
     bn = connection.bn if kind == "upsample" else connection[1]
     start = {k: v.clone() for k, v in bn.state_dict().items()}
     expected, expected_grads, expected_stats = _run(connection, adapter, raw, factor, composed=False, size=size)
@@ -106,18 +107,43 @@ def test_zero_padding_sees_the_adapter_bias_only_inside_the_map():
 
 
 def test_only_narrowing_plain_convolutions_compose():
+    def composes(connection, adapter, shape=(8, 5, 32, 24)):
+        return composes_with_adapter(connection, AdaptedInput(torch.empty(shape), adapter))
+
     adapter = nn.Conv2d(5, 12, 1)
-    assert composes_with_adapter(ReduceConnect(12, 16), adapter)
-    assert composes_with_adapter(UpsampleConnect(12, 8), adapter)
-    assert not composes_with_adapter(nn.Identity(), adapter)
+    assert composes(ReduceConnect(12, 16), adapter)
+    assert composes(UpsampleConnect(12, 8), adapter)
+    assert not composes(nn.Identity(), adapter)
     # No fewer multiply-adds: 11 inputs + the ones channel against 12 adapted channels.
-    assert not composes_with_adapter(ReduceConnect(12, 16), nn.Conv2d(11, 12, 1))
-    assert composes_with_adapter(UpsampleConnect(12, 8), nn.Conv2d(11, 12, 1))
-    assert not composes_with_adapter(UpsampleConnect(12, 8), nn.Conv2d(12, 12, 1))
-    assert not composes_with_adapter(ReduceConnect(12, 16), nn.Conv2d(5, 12, 3, padding=1))
+    assert not composes(ReduceConnect(12, 16), nn.Conv2d(11, 12, 1, bias=True), (8, 11, 32, 24))
+    assert composes(UpsampleConnect(12, 8), nn.Conv2d(11, 12, 1), (8, 11, 32, 24))
+    assert not composes(UpsampleConnect(12, 8), nn.Conv2d(12, 12, 1), (8, 12, 32, 24))
+    assert not composes(ReduceConnect(12, 16), nn.Conv2d(5, 12, 3, padding=1))
     dilated = ReduceConnect(12, 16)
     dilated[0] = nn.Conv2d(12, 16, 3, 2, 2, dilation=2)
-    assert not composes_with_adapter(dilated, adapter)
+    assert not composes(dilated, adapter)
+    with pytest.raises(ValueError, match="does not compose"):
+        connect_through_adapter(dilated, AdaptedInput(torch.zeros(8, 5, 32, 24), adapter))
+
+
+def test_composition_is_skipped_where_the_weights_product_costs_more_than_it_saves():
+    """The seed's MobileNetV2 setting at 256x192, batch 8: the stride-8 and stride-16 maps
+    compose; the stride-32 one (320 -> 512 -> 256 channels on 8x6 pixels) does not, and neither
+    does anything at batch 1 on a 64x48 input."""
+
+    def composes(connection, in_channels, shape):
+        adapter = nn.Conv2d(in_channels, connection_in(connection), 1)
+        return composes_with_adapter(connection, AdaptedInput(torch.empty(shape), adapter))
+
+    def connection_in(connection):
+        return connection.conv.in_channels if isinstance(connection, UpsampleConnect) else connection[0].in_channels
+
+    assert composes(ReduceConnect(64, 128), 24, (8, 24, 64, 48))
+    assert composes(ReduceConnect(128, 256), 32, (8, 32, 32, 24))
+    assert composes(UpsampleConnect(128, 64), 32, (8, 32, 32, 24))
+    assert composes(UpsampleConnect(256, 128), 96, (8, 96, 16, 12))
+    assert not composes(UpsampleConnect(512, 256), 320, (8, 320, 8, 6))
+    assert not composes(ReduceConnect(64, 128), 24, (1, 24, 16, 12))
 
 
 def test_the_ones_channel_keeps_channels_last():
@@ -141,6 +167,7 @@ def _small_supernet() -> PartSupernet:
 
 def test_supernet_training_pass_is_unchanged_by_composition(monkeypatch):
     """Same heatmaps and the same gradient for every parameter, composed or not."""
+    monkeypatch.setattr(ops_module, "COMPOSITION_MIN_GAIN", 0.0)  # small maps: compose them all
     model = _small_supernet().train()
     state = {k: v.clone() for k, v in model.state_dict().items()}
     x = torch.randn(2, 3, 64, 48, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
@@ -189,6 +216,7 @@ def _training_pass(model: nn.Module, state: dict, x: torch.Tensor):
 def test_derived_network_training_pass_is_unchanged_by_composition(monkeypatch):
     """A derived network whose first cells read narrow backbone maps (tiny width 2 under a fabric
     of 4, 8, 16, 32 channels) trains the same composed or not."""
+    monkeypatch.setattr(ops_module, "COMPOSITION_MIN_GAIN", 0.0)
     torch.manual_seed(0)
     supernet = PartSupernet(
         build_backbone("tiny", width=2),

@@ -135,7 +135,7 @@ class Cell(nn.Module):
                 continue
             x = previous[source]
             if isinstance(x, AdaptedInput):
-                if compose and composes_with_adapter(connection, x.adapter):
+                if compose and composes_with_adapter(connection, x):
                     outputs[k] = connect_through_adapter(connection, x, factor=weights[k])
                     target_size = outputs[k].shape[-2:]
                     continue
@@ -150,7 +150,7 @@ class Cell(nn.Module):
                 connection, x = self.connections[k], previous[source]
                 factor = 1.0 if weights[k] is None else weights[k]
                 if isinstance(x, AdaptedInput):
-                    if compose and composes_with_adapter(connection, x.adapter):
+                    if compose and composes_with_adapter(connection, x):
                         outputs[k] = connect_through_adapter(connection, x, target_size, factor)
                         continue
                     x = x.tensor

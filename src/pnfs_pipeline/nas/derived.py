@@ -89,7 +89,7 @@ class DerivedCell(nn.Module):
             module = self.connections[str(s)]
             x = previous[s]
             if isinstance(x, AdaptedInput):
-                if compose and composes_with_adapter(module, x.adapter):
+                if compose and composes_with_adapter(module, x):
                     term = connect_through_adapter(module, x, size if isinstance(module, UpsampleConnect) else None, w)
                     node = term if node is None else node + term
                     continue
