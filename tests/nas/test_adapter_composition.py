@@ -146,11 +146,37 @@ def test_composition_is_skipped_where_the_weights_product_costs_more_than_it_sav
     assert not composes(ReduceConnect(64, 128), 24, (1, 24, 16, 12))
 
 
-def test_the_ones_channel_keeps_channels_last():
-    connection, adapter, raw = _connection("reduce")
-    raw = raw.contiguous(memory_format=torch.channels_last)
-    out = connect_through_adapter(connection, AdaptedInput(raw, adapter))
-    assert out.is_contiguous(memory_format=torch.channels_last)
+@pytest.mark.parametrize("kind", ["reduce", "upsample"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_the_composed_path_keeps_the_memory_format(kind, channels_last):
+    """Like the plain path: a channels_last weight would make oneDNN answer an NCHW map in
+    channels_last, and every later op would pay for the mixed layouts."""
+    connection, adapter, raw = _connection(kind)
+    if channels_last:
+        raw = raw.contiguous(memory_format=torch.channels_last)
+    size = (16, 11) if kind == "upsample" else None
+    composed = connect_through_adapter(connection, AdaptedInput(raw, adapter), size)
+    plain = connection(adapter(raw), size) if kind == "upsample" else connection(adapter(raw))
+    for out in (composed, plain):
+        assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
+        assert out.is_contiguous() != channels_last
+
+
+@pytest.mark.parametrize("kind", ["reduce", "upsample"])
+def test_bf16_autocast_composed_path_stays_within_bf16_rounding(kind):
+    """Under autocast the product of the weights is taken in float32 and the convolution in
+    bfloat16: the composed and the plain path then differ by bfloat16 rounding only."""
+    connection, adapter, raw = _connection(kind)
+    connection, adapter = connection.float(), adapter.float()
+    raw = raw.float().contiguous(memory_format=torch.channels_last)
+    size = (16, 11) if kind == "upsample" else None
+    with torch.autocast("cpu", torch.bfloat16):
+        composed = connect_through_adapter(connection, AdaptedInput(raw, adapter), size).float()
+        plain = (connection(adapter(raw), size) if kind == "upsample" else connection(adapter(raw))).float()
+    reference = (connection(adapter(raw), size) if kind == "upsample" else connection(adapter(raw))).detach()
+    scale = reference.abs().max()
+    assert (composed - reference).abs().max() <= 0.05 * scale
+    assert (composed - reference).abs().max() <= 2 * (plain - reference).abs().max() + 1e-3 * scale
 
 
 def _small_supernet() -> PartSupernet:

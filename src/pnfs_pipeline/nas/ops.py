@@ -377,11 +377,14 @@ def _composed_weights(conv: nn.Conv2d, adapter: nn.Conv2d, bias_channel: bool):
     return weight, bias
 
 
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 def _with_ones_channel(x: torch.Tensor) -> torch.Tensor:
     n, _, h, w = x.shape
-    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    layout = torch.channels_last if channels_last else torch.contiguous_format
-    ones = torch.ones((n, 1, h, w), dtype=x.dtype, device=x.device).contiguous(memory_format=layout)
+    ones = torch.ones((n, 1, h, w), dtype=x.dtype, device=x.device).contiguous(memory_format=_memory_format(x))
     return torch.cat([x, ones], dim=1)
 
 
@@ -411,13 +414,18 @@ def connect_through_adapter(
     if _composition_parts(connection, source.adapter) is None:
         raise ValueError(f"{type(connection).__name__} does not compose with adapter {source.adapter}")
     adapter = source.adapter
+    # The product comes out in channels_last strides (for a 1x1 kernel ambiguous ones), and a
+    # channels_last weight makes the convolution's output channels_last whatever its input: the
+    # weight takes the input's memory format, with canonical strides.
+    layout = _memory_format(source.raw)
     if isinstance(connection, UpsampleConnect):
         weight, bias = _composed_weights(connection.conv, adapter, bias_channel=False)
-        convolved = F.conv2d(source.raw, weight, bias)
+        convolved = F.conv2d(source.raw, weight.clone(memory_format=layout), bias)
         return connection.after_conv(convolved, size, 1.0 if factor is None else factor)
     conv, bn = connection[0], connection[1]
     bias_channel = adapter.bias is not None
     weight, bias = _composed_weights(conv, adapter, bias_channel)
+    weight = weight.clone(memory_format=layout)
     x = _with_ones_channel(source.raw) if bias_channel else source.raw
     convolved = F.conv2d(x, weight, bias, stride=2, padding=1)
     if factor is None:
