@@ -191,6 +191,19 @@ def _small_supernet() -> PartSupernet:
     ).double()
 
 
+def _record_composed_calls(monkeypatch, module) -> list:
+    """The connections ``module`` composes from now on (it calls ``connect_through_adapter``)."""
+    calls = []
+    original = module.connect_through_adapter
+
+    def recording(*args, **kwargs):
+        calls.append(args[0])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, "connect_through_adapter", recording)
+    return calls
+
+
 def test_supernet_training_pass_is_unchanged_by_composition(monkeypatch):
     """Same heatmaps and the same gradient for every parameter, composed or not."""
     monkeypatch.setattr(ops_module, "COMPOSITION_MIN_GAIN", 0.0)  # small maps: compose them all
@@ -201,14 +214,7 @@ def test_supernet_training_pass_is_unchanged_by_composition(monkeypatch):
     def training_pass():
         return _training_pass(model, state, x)
 
-    composed_calls = []
-    original = cell_module.connect_through_adapter
-
-    def counting(*args, **kwargs):
-        composed_calls.append(args[0])
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(cell_module, "connect_through_adapter", counting)
+    composed_calls = _record_composed_calls(monkeypatch, cell_module)
     out, grads = training_pass()
     # Per part, layer 3 reads four adapted maps: two 3x3 reductions and three upsamplings compose.
     assert len(composed_calls) == 3 * 5
@@ -257,14 +263,7 @@ def test_derived_network_training_pass_is_unchanged_by_composition(monkeypatch):
     state = {k: v.clone() for k, v in model.state_dict().items()}
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
 
-    composed_calls = []
-    original = derived_module.connect_through_adapter
-
-    def counting(*args, **kwargs):
-        composed_calls.append(args[0])
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(derived_module, "connect_through_adapter", counting)
+    composed_calls = _record_composed_calls(monkeypatch, derived_module)
     out, grads = _training_pass(model, state, x)
     assert {type(c) for c in composed_calls} == {ReduceConnect, UpsampleConnect}
     calls = len(composed_calls)
