@@ -162,7 +162,7 @@ static inline int64_t end_output(int64_t offset, int stride, int64_t W, int64_t 
                         }                                                                       \
                     }                                                                           \
                     TYPE *restrict out = grad_x + ((n * H + yi) * W + xi) * C;                  \
-                    for (int64_t c = 0; c < C; c++) out[c] = store_##NAME(acc[c]);              \
+                    store_row_##NAME(acc, out, C);                                              \
                 }                                                                               \
             }                                                                                   \
             free(acc);                                                                          \
