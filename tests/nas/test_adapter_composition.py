@@ -8,8 +8,6 @@ import pytest
 import torch
 from torch import nn
 
-import pnfs_pipeline.nas.cell as cell_module
-import pnfs_pipeline.nas.derived as derived_module
 import pnfs_pipeline.nas.ops as ops_module
 from pnfs_pipeline.keypoints import load_keypoint_spec
 from pnfs_pipeline.nas.backbones import build_backbone
@@ -191,16 +189,16 @@ def _small_supernet() -> PartSupernet:
     ).double()
 
 
-def _record_composed_calls(monkeypatch, module) -> list:
-    """The connections ``module`` composes from now on (it calls ``connect_through_adapter``)."""
+def _record_composed_calls(monkeypatch) -> list:
+    """The connections composed from now on (every one goes through ``connect_through_adapter``)."""
     calls = []
-    original = module.connect_through_adapter
+    original = ops_module.connect_through_adapter
 
     def recording(*args, **kwargs):
         calls.append(args[0])
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(module, "connect_through_adapter", recording)
+    monkeypatch.setattr(ops_module, "connect_through_adapter", recording)
     return calls
 
 
@@ -214,7 +212,7 @@ def test_supernet_training_pass_is_unchanged_by_composition(monkeypatch):
     def training_pass():
         return _training_pass(model, state, x)
 
-    composed_calls = _record_composed_calls(monkeypatch, cell_module)
+    composed_calls = _record_composed_calls(monkeypatch)
     out, grads = training_pass()
     # Per part, layer 3 reads four adapted maps: two 3x3 reductions and three upsamplings compose.
     assert len(composed_calls) == 3 * 5
@@ -231,7 +229,7 @@ def test_without_gradients_the_connections_read_the_adapted_maps(monkeypatch):
     """Inference and size profiling run the architecture as written (MACs as the paper counts)."""
     model = _small_supernet().eval()
     monkeypatch.setattr(
-        cell_module, "connect_through_adapter", lambda *args, **kwargs: pytest.fail("composed without gradients")
+        ops_module, "connect_through_adapter", lambda *args, **kwargs: pytest.fail("composed without gradients")
     )
     with torch.no_grad():
         model(torch.randn(1, 3, 64, 48, dtype=torch.float64))
@@ -263,7 +261,7 @@ def test_derived_network_training_pass_is_unchanged_by_composition(monkeypatch):
     state = {k: v.clone() for k, v in model.state_dict().items()}
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
 
-    composed_calls = _record_composed_calls(monkeypatch, derived_module)
+    composed_calls = _record_composed_calls(monkeypatch)
     out, grads = _training_pass(model, state, x)
     assert {type(c) for c in composed_calls} == {ReduceConnect, UpsampleConnect}
     calls = len(composed_calls)

@@ -21,11 +21,11 @@ from pnfs_pipeline.nas.mixing import weighted_sum
 from pnfs_pipeline.nas.ops import (
     AdaptedInput,
     UpsampleConnect,
+    as_tensor,
     build_connection,
     build_op,
     canonical_op_names,
-    composes_with_adapter,
-    connect_through_adapter,
+    composed_connection,
     folds_scale,
     scaled_forward,
 )
@@ -134,27 +134,19 @@ class Cell(nn.Module):
             if isinstance(connection, UpsampleConnect):
                 continue
             x = previous[source]
-            if isinstance(x, AdaptedInput):
-                if compose and composes_with_adapter(connection, x):
-                    outputs[k] = connect_through_adapter(connection, x, factor=weights[k])
-                    target_size = outputs[k].shape[-2:]
-                    continue
-                x = x.tensor
-            if weights[k] is None:
-                outputs[k] = connection(x)
-            else:
-                outputs[k] = scaled_forward(connection, x, weights[k])
-            target_size = outputs[k].shape[-2:]
+            out = composed_connection(connection, x, factor=weights[k]) if compose else None
+            if out is None and weights[k] is None:
+                out = connection(as_tensor(x))
+            elif out is None:
+                out = scaled_forward(connection, as_tensor(x), weights[k])
+            outputs[k] = out
+            target_size = out.shape[-2:]
         for k, source in enumerate(self.sources):
             if outputs[k] is None:
                 connection, x = self.connections[k], previous[source]
                 factor = 1.0 if weights[k] is None else weights[k]
-                if isinstance(x, AdaptedInput):
-                    if compose and composes_with_adapter(connection, x):
-                        outputs[k] = connect_through_adapter(connection, x, target_size, factor)
-                        continue
-                    x = x.tensor
-                outputs[k] = connection(x, target_size, factor=factor)
+                out = composed_connection(connection, x, target_size, factor) if compose else None
+                outputs[k] = out if out is not None else connection(as_tensor(x), target_size, factor=factor)
         return outputs  # type: ignore[return-value]
 
     def forward(

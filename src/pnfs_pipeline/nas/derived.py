@@ -20,11 +20,11 @@ from pnfs_pipeline.nas.genotype import GridShape, kept_sources, parse_cell_name,
 from pnfs_pipeline.nas.ops import (
     AdaptedInput,
     UpsampleConnect,
+    as_tensor,
     build_connection,
     build_op,
     canonical_op_name,
-    composes_with_adapter,
-    connect_through_adapter,
+    composed_connection,
     scaled_forward,
 )
 from pnfs_pipeline.nas.supernet import HeadConfig, PartHead
@@ -88,12 +88,11 @@ class DerivedCell(nn.Module):
         for s, w in zip(self.source_scales, self.source_weights, strict=True):
             module = self.connections[str(s)]
             x = previous[s]
-            if isinstance(x, AdaptedInput):
-                if compose and composes_with_adapter(module, x):
-                    term = connect_through_adapter(module, x, size if isinstance(module, UpsampleConnect) else None, w)
-                    node = term if node is None else node + term
-                    continue
-                x = x.tensor
+            term = composed_connection(module, x, size if isinstance(module, UpsampleConnect) else None, w) if compose else None
+            if term is not None:
+                node = term if node is None else node + term
+                continue
+            x = as_tensor(x)
             if isinstance(module, nn.Identity):
                 # Scaled inside the addition below: a separate scaling pass (and Python's
                 # ``sum`` starting from 0) each cost a full read and write of the finest maps.
@@ -111,8 +110,7 @@ class DerivedCell(nn.Module):
         states = [node]
         if self.input_nodes == 2:
             # The same-scale source is an identity connection: its unweighted input is at hand.
-            same_scale = previous[self.scale] if self.scale in self.source_scales else node
-            states.append(same_scale.tensor if isinstance(same_scale, AdaptedInput) else same_scale)
+            states.append(as_tensor(previous[self.scale]) if self.scale in self.source_scales else node)
         edge = 0
         for _ in range(self.hidden_states):
             hidden = None

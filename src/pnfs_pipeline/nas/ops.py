@@ -296,6 +296,11 @@ class AdaptedInput:
         return self._adapted
 
 
+def as_tensor(source: torch.Tensor | AdaptedInput) -> torch.Tensor:
+    """The map a connection reads: the adapted map of an :class:`AdaptedInput`, else itself."""
+    return source.tensor if isinstance(source, AdaptedInput) else source
+
+
 def _plain_convolution(conv: nn.Module, kernel: int, stride: int, padding: int) -> bool:
     return (
         type(conv) is nn.Conv2d
@@ -386,6 +391,20 @@ def _with_ones_channel(x: torch.Tensor) -> torch.Tensor:
     n, _, h, w = x.shape
     ones = torch.ones((n, 1, h, w), dtype=x.dtype, device=x.device).contiguous(memory_format=_memory_format(x))
     return torch.cat([x, ones], dim=1)
+
+
+def composed_connection(
+    connection: nn.Module,
+    source: torch.Tensor | AdaptedInput,
+    size: tuple[int, int] | None = None,
+    factor: float | torch.Tensor | None = None,
+) -> torch.Tensor | None:
+    """:func:`connect_through_adapter`'s output where ``source`` is an adapted backbone map, the
+    pair composes and it saves work (:func:`composes_with_adapter`); None where the connection
+    should read the adapted map as written."""
+    if isinstance(source, AdaptedInput) and composes_with_adapter(connection, source):
+        return connect_through_adapter(connection, source, size, factor)
+    return None
 
 
 def set_adapter_composition(model: nn.Module, enabled: bool) -> int:
