@@ -314,3 +314,21 @@ def test_weighted_sum_relu_lets_nan_through():
     terms[1][0, 2, 1, 1] = float("nan")
     out = weighted_sum(torch.tensor([0.5, 0.5]), terms, 3.0, relu=True)
     assert out.isnan().sum() == 1 and out[0, 2, 1, 1].isnan()
+
+
+def test_every_kernel_source_file_ships_with_the_package():
+    """A wheel without common.h would build no kernels (and fall back with a warning)."""
+    import fnmatch
+    from pathlib import Path
+
+    import tomllib
+
+    from pnfs_pipeline.nas.native_kernels import SOURCE_DIR
+
+    root = Path(__file__).resolve().parents[2]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["pnfs_pipeline"]
+    package = root / "src" / "pnfs_pipeline"
+    files = [p.relative_to(package).as_posix() for p in SOURCE_DIR.iterdir() if p.suffix in (".c", ".h")]
+    assert any(name.endswith(".h") for name in files)
+    missing = [name for name in files if not any(fnmatch.fnmatch(name, pattern) for pattern in patterns)]
+    assert not missing, f"not in pyproject's package-data: {missing}"
