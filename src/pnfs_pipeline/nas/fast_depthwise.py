@@ -34,7 +34,8 @@ from pnfs_pipeline.nas.native_kernels import DTYPE_SUFFIXES, kernel, load_kernel
 logger = logging.getLogger(__name__)
 
 
-def _is_channels_last(x: torch.Tensor) -> bool:
+def is_channels_last(x: torch.Tensor) -> bool:
+    """Dense in channels_last order and not also in NCHW order (as with one channel or 1x1 maps)."""
     return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
@@ -45,7 +46,7 @@ def _in_format(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
 def _to_phases(x: torch.Tensor, d: int) -> torch.Tensor:
     """(N, C, H, W) with H, W divisible by d -> (d*d*N, C, H/d, W/d), keeping the memory format."""
     n, c, h, w = x.shape
-    if _is_channels_last(x):
+    if is_channels_last(x):
         nhwc = x.permute(0, 2, 3, 1).reshape(n, h // d, d, w // d, d, c)
         phases = nhwc.permute(2, 4, 0, 1, 3, 5).reshape(d * d * n, h // d, w // d, c)
         return phases.permute(0, 3, 1, 2)
@@ -59,7 +60,7 @@ def _native_kernels_serve(x: torch.Tensor) -> bool:
         x.device.type == "cpu"
         and x.dim() == 4
         and x.dtype in DTYPE_SUFFIXES
-        and _is_channels_last(x)
+        and is_channels_last(x)
         and load_kernels() is not None
     )
 
@@ -99,7 +100,7 @@ def _phase_padded(x: torch.Tensor, dilation: int) -> torch.Tensor:
     pad_h, pad_w = (-x.shape[2]) % dilation, (-x.shape[3]) % dilation
     if not (pad_h or pad_w):
         return x
-    return _in_format(F.pad(x, (0, pad_w, 0, pad_h)), _is_channels_last(x))
+    return _in_format(F.pad(x, (0, pad_w, 0, pad_h)), is_channels_last(x))
 
 
 class _DilatedDepthwise(torch.autograd.Function):
@@ -124,7 +125,7 @@ class _DilatedDepthwise(torch.autograd.Function):
         d, channels = ctx.dilation, x.shape[1]
         grad_x = grad_weight = grad_bias = None
         with torch.autocast("cpu", enabled=False):
-            grad = _in_format(grad.to(x.dtype), _is_channels_last(x))
+            grad = _in_format(grad.to(x.dtype), is_channels_last(x))
             if ctx.needs_input_grad[0]:
                 flipped = weight.flip(-2, -1)
                 grad_x = F.conv2d(grad, flipped, None, 1, ctx.half, d, channels).to(x_dtype)
@@ -163,7 +164,7 @@ class _Subsample(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, full: torch.Tensor, stride: tuple[int, int]) -> torch.Tensor:
-        ctx.shape, ctx.stride, ctx.channels_last = full.shape, stride, _is_channels_last(full)
+        ctx.shape, ctx.stride, ctx.channels_last = full.shape, stride, is_channels_last(full)
         return _in_format(full[:, :, :: stride[0], :: stride[1]], ctx.channels_last)
 
     @staticmethod

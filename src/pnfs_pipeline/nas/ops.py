@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pnfs_pipeline.nas.fast_depthwise import is_channels_last
 from pnfs_pipeline.nas.fused_batch_norm import (
     FusedBatchNorm2d,
     can_fuse,
@@ -383,8 +384,7 @@ def _composed_weights(conv: nn.Conv2d, adapter: nn.Conv2d, bias_channel: bool):
 
 
 def _memory_format(x: torch.Tensor) -> torch.memory_format:
-    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    return torch.channels_last if channels_last else torch.contiguous_format
+    return torch.channels_last if is_channels_last(x) else torch.contiguous_format
 
 
 def _with_ones_channel(x: torch.Tensor) -> torch.Tensor:
