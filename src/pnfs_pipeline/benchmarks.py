@@ -128,7 +128,7 @@ def time_training(
     set_adapter_composition(model, composed_adapters)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if cpu_kernels:
+    if cpu_kernels and device.type == "cpu":  # C kernels for the CPU; a GPU keeps cuDNN's
         use_fast_depthwise(model)
         use_fused_batch_norm(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=fused_adam)

@@ -6,33 +6,43 @@ import torch
 from pnfs_pipeline.engine.trainer import TrainConfig, TrainingJob, run_training
 from tests.engine.test_distributed import RandomPoses, tiny_supernet
 
+# The GPU cases run wherever CUDA is present (the device check of a GPU machine), else skip.
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")),
+]
 
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(("precision", "channels_last", "tolerance"), [("fp32", True, 1e-5), ("bf16", False, 5e-2), ("bf16", True, 5e-2)])
-def test_forward_matches_fp32(precision, channels_last, tolerance):
+def test_forward_matches_fp32(precision, channels_last, tolerance, device):
     torch.manual_seed(0)
     model = tiny_supernet().eval()
     x = torch.randn(2, 3, 32, 32)
     reference = model(x)
+    model, x = model.to(device), x.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+    no_tf32 = torch.backends.cudnn.flags(enabled=True, allow_tf32=False)  # float32 means float32
+    with no_tf32, torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16"):
         out = model(x).float()
-    torch.testing.assert_close(out, reference, rtol=tolerance, atol=tolerance)
+    torch.testing.assert_close(out.cpu(), reference, rtol=tolerance, atol=tolerance)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(("precision", "channels_last"), [("bf16", True), ("fp32", True)])
-def test_training_with_optimisations_stays_close_to_fp32(precision, channels_last):
+def test_training_with_optimisations_stays_close_to_fp32(precision, channels_last, device):
     def job(**options):
         return TrainingJob(
             model_builder=tiny_supernet,
             train_dataset=RandomPoses(16, seed=1),
             val_dataset=RandomPoses(8, seed=2),
-            config=TrainConfig(epochs=1, batch_size=8, lr=1e-3, device="cpu", **options),
+            config=TrainConfig(epochs=1, batch_size=8, lr=1e-3, **options),
         )
 
-    reference = run_training(job())
-    optimised = run_training(job(precision=precision, channels_last=channels_last))
+    reference = run_training(job(device="cpu"))
+    optimised = run_training(job(device=device, precision=precision, channels_last=channels_last))
     assert optimised.history[0]["train_loss"] == pytest.approx(reference.history[0]["train_loss"], rel=0.05)
     assert optimised.history[0]["val_loss"] == pytest.approx(reference.history[0]["val_loss"], rel=0.05)
 
