@@ -161,6 +161,22 @@ def test_the_composed_path_keeps_the_memory_format(kind, channels_last):
 
 
 @pytest.mark.parametrize("kind", ["reduce", "upsample"])
+def test_composed_gradients_keep_the_parameters_strides(kind):
+    """DistributedDataParallel copies its buckets from gradients laid out as their parameters
+    (strictly, size-1 dimensions too: a 1x1 weight's channels_last strides included)."""
+    connection, adapter, raw = _connection(kind)
+    connection = connection.to(memory_format=torch.channels_last)
+    adapter = adapter.to(memory_format=torch.channels_last)
+    raw = raw.contiguous(memory_format=torch.channels_last)
+    size = (16, 11) if kind == "upsample" else None
+    connect_through_adapter(connection, AdaptedInput(raw, adapter), size).sum().backward()
+    for module in (connection, adapter):
+        for name, parameter in module.named_parameters():
+            assert parameter.grad is not None, name
+            assert parameter.grad.stride() == parameter.stride(), name
+
+
+@pytest.mark.parametrize("kind", ["reduce", "upsample"])
 def test_bf16_autocast_composed_path_stays_within_bf16_rounding(kind):
     """Under autocast the product of the weights is taken in float32 and the convolution in
     bfloat16: the composed and the plain path then differ by bfloat16 rounding only."""

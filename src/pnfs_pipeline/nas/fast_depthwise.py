@@ -66,11 +66,16 @@ def _native_kernels_serve(x: torch.Tensor) -> bool:
 
 
 def _native_weight_grad(
-    grad: torch.Tensor, x: torch.Tensor, kernel_size: int, stride: int, dilation: int, padding: int
+    grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride: int, dilation: int, padding: int
 ) -> torch.Tensor:
-    """(C, 1, k, k) float32 weight gradient of a depthwise convolution, both maps channels_last."""
+    """(C, 1, k, k) float32 weight gradient of a depthwise convolution, both maps channels_last,
+    with the weight's strides (DistributedDataParallel's buckets expect a gradient laid out as
+    its parameter; with one input channel both layouts are the same memory)."""
     n, channels, height, width = x.shape
+    kernel_size = weight.shape[-1]
     grad_weight = torch.empty(channels, 1, kernel_size, kernel_size, dtype=torch.float32)
+    if weight.is_contiguous(memory_format=torch.channels_last):
+        grad_weight = grad_weight.as_strided(grad_weight.shape, weight.stride())
     status = kernel("pnfs_depthwise_weight_grad", x.dtype)(
         grad.data_ptr(), x.data_ptr(), n, channels, height, width, grad.shape[2], grad.shape[3],
         kernel_size, stride, dilation, padding, torch.get_num_threads(), grad_weight.data_ptr(),
@@ -130,7 +135,7 @@ class _DilatedDepthwise(torch.autograd.Function):
                 flipped = weight.flip(-2, -1)
                 grad_x = F.conv2d(grad, flipped, None, 1, ctx.half, d, channels).to(x_dtype)
             if ctx.needs_input_grad[1] and _native_kernels_serve(x):
-                grad_weight = _native_weight_grad(grad, x, weight.shape[-1], 1, d, ctx.half).to(weight_dtype)
+                grad_weight = _native_weight_grad(grad, x, weight, 1, d, ctx.half).to(weight_dtype)
             elif ctx.needs_input_grad[1]:
                 half = (weight.shape[-1] - 1) // 2
                 grad_weight = torch.nn.grad.conv2d_weight(
@@ -212,7 +217,7 @@ class _StridedDepthwise(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = _native_input_grad(grad, weight, x.shape, ctx.stride, 1, ctx.padding).to(x_dtype)
         if ctx.needs_input_grad[1]:
-            grad_weight = _native_weight_grad(grad, x, weight.shape[-1], ctx.stride, 1, ctx.padding).to(weight_dtype)
+            grad_weight = _native_weight_grad(grad, x, weight, ctx.stride, 1, ctx.padding).to(weight_dtype)
         if bias_dtype is not None and ctx.needs_input_grad[2]:
             grad_bias = grad.sum((0, 2, 3), dtype=torch.float32).to(bias_dtype)
         return grad_x, grad_weight, grad_bias, None, None
