@@ -94,6 +94,25 @@ def test_architecture_parameters_stay_identical_on_every_rank(strategy):
     assert any(t.abs().sum() > 0 for t in per_rank[0])
 
 
+def tiny_supernet_sharing_the_cores() -> PartSupernet:
+    """Built in each worker: fails the run where the workers' threads oversubscribe the CPUs."""
+    import os
+
+    threads, workers, cpus = torch.get_num_threads(), int(os.environ["LOCAL_WORLD_SIZE"]), os.cpu_count() or 1
+    if threads * workers > max(cpus, workers):
+        raise RuntimeError(f"{workers} workers of {threads} threads on {cpus} CPUs")
+    return tiny_supernet()
+
+
+@pytest.mark.slow
+def test_launched_workers_share_the_cores_when_threads_are_not_set():
+    job = _job(2)
+    job.model_builder = tiny_supernet_sharing_the_cores
+    job.config = TrainConfig(**{**job.config.__dict__, "threads": None})
+    result = run_training(job)
+    assert [h["epoch"] for h in result.history] == [1]
+
+
 @pytest.mark.slow
 def test_a_dying_worker_fails_the_run_instead_of_hanging():
     with pytest.raises(DistributedRunError, match=r"rank 1: exit code"):

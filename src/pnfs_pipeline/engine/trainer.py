@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -480,6 +481,10 @@ def _distributed_worker(job: TrainingJob) -> TrainResult | None:
     @record
     def work() -> TrainResult | None:
         device = resolve_device(job.config.device)
+        if device.type == "cpu" and not job.config.threads:
+            # torch's default in every worker is all the cores: the workers would oversubscribe them
+            local_workers = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+            torch.set_num_threads(max(1, torch.get_num_threads() // local_workers))
         context = init_from_env(device.type)
         try:
             result = _execute(job, None, context)
