@@ -105,12 +105,47 @@ TRAINING_MODES = {
 
 
 TRAINING_WARMUP_STEPS = 5
+DISTRIBUTED_MODE = "bf16+channels_last+cpu_kernels+fused_adam+composed_adapters"
 
 
 def _autocast(device: torch.device, optimised: bool):
     if not optimised:
         return nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def _training_step(
+    model: torch.nn.Module, input_size: tuple[int, int], batch: int, device: torch.device, mode: str, distributed: bool = False
+) -> Callable[[], None]:
+    """One forward + backward + Adam step of ``model`` set up as ``mode`` says, on random data;
+    with ``distributed``, through DistributedDataParallel as the trainer wraps it."""
+    bf16, channels_last, cpu_kernels, fused_adam, composed_adapters = TRAINING_MODES[mode]
+    width, height = input_size
+    model = model.to(device).train()
+    set_adapter_composition(model, composed_adapters)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if cpu_kernels and device.type == "cpu":  # C kernels for the CPU; a GPU keeps cuDNN's
+        use_fast_depthwise(model)
+        use_fused_batch_norm(model)
+    forward_model = model
+    if distributed:
+        forward_model = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=fused_adam)
+    images = torch.randn(batch, 3, height, width, device=device)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    target = torch.rand(batch, 17, height // 4, width // 4, device=device)
+
+    def step() -> None:
+        with _autocast(device, bf16):
+            out = forward_model(images)
+        loss = ((out.float() - target) ** 2).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
 
 
 def time_training(
@@ -122,35 +157,55 @@ def time_training(
     mode: str = "fp32",
 ) -> dict[str, float]:
     """Images per second of forward + backward + Adam step on random data."""
-    bf16, channels_last, cpu_kernels, fused_adam, composed_adapters = TRAINING_MODES[mode]
-    width, height = input_size
-    model = model.to(device).train()
-    set_adapter_composition(model, composed_adapters)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if cpu_kernels and device.type == "cpu":  # C kernels for the CPU; a GPU keeps cuDNN's
-        use_fast_depthwise(model)
-        use_fused_batch_norm(model)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=fused_adam)
-    images = torch.randn(batch, 3, height, width, device=device)
-    if channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    target = torch.rand(batch, 17, height // 4, width // 4, device=device)
+    step = _training_step(model, input_size, batch, device, mode)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-
-    def step() -> None:
-        with _autocast(device, bf16):
-            out = model(images)
-        loss = ((out.float() - target) ** 2).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
     # The first training steps are slower (page faults of new allocations, oneDNN building its
     # primitives): on 2 cores the supernet step settles after about four.
     seconds = _timed(step, steps, device, warmup=TRAINING_WARMUP_STEPS)
     return {"images_per_second": batch / seconds, "peak_memory_mb": peak_memory_mb(device)}
+
+
+def _distributed_training_worker(payload: tuple) -> dict[str, Any]:
+    """One rank of :func:`measure_distributed_training` (module level: the launcher pickles it)."""
+    import torch.distributed as dist
+
+    from pnfs_pipeline.engine.distributed import init_from_env
+
+    setting, input_size, batch, steps, mode, threads = payload
+    torch.set_num_threads(threads)
+    context = init_from_env("cpu")
+    torch.manual_seed(0)
+    step = _training_step(build_setting(setting), input_size, batch // context.world_size, torch.device("cpu"), mode, True)
+    for _ in range(TRAINING_WARMUP_STEPS):
+        step()
+    seconds = []
+    for _ in range(steps):
+        dist.barrier()  # every rank starts the step together: a step lasts until the slowest ends
+        start = time.perf_counter()
+        step()
+        seconds.append(time.perf_counter() - start)
+    dist.destroy_process_group()
+    return {"seconds": seconds, "peak_memory_mb": peak_memory_mb(torch.device("cpu"))}
+
+
+def measure_distributed_training(
+    setting: str, input_size: tuple[int, int], batch: int, steps: int, mode: str, processes: int, threads: int
+) -> dict[str, float]:
+    """The global ``batch`` split over ``processes`` CPU workers of ``threads`` threads each, as
+    ``trainer.nproc_per_node`` runs it (DistributedDataParallel over gloo). A step's time is the
+    slowest rank's; the peak memory is the workers' peaks added up."""
+    from pnfs_pipeline.engine.distributed import launch
+
+    if batch % processes:
+        raise ValueError(f"batch {batch} must divide by the {processes} processes")
+    payload = (setting, tuple(input_size), batch, steps, mode, threads)
+    ranks = launch(processes, _distributed_training_worker, payload, all_ranks=True)
+    step_seconds = [max(per_rank) for per_rank in zip(*(r["seconds"] for r in ranks.values()), strict=True)]
+    return {
+        "images_per_second": batch / float(np.median(step_seconds)),
+        "peak_memory_mb": sum(r["peak_memory_mb"] for r in ranks.values()),
+    }
 
 
 @torch.inference_mode()
@@ -314,10 +369,18 @@ def run_suite(quick: bool, input_size: tuple[int, int], device: torch.device, th
     steps = 2 if quick else 5
     report: dict[str, Any] = {"machine": machine_description(), "input_size": list(input_size), "device": str(device)}
     training, inference = {}, {}
+    cores = threads or torch.get_num_threads()
     for name in SETTINGS:
         for mode in TRAINING_MODES:
             key = f"{name}/{mode}"
             training[key] = measure_training(name, input_size, 8, steps, device, mode, threads)
+            logger.info("train %s: %.1f img/s", key, training[key]["images_per_second"])
+        if device.type == "cpu" and cores >= 2:
+            # The same cores as two processes (trainer.nproc_per_node: 2), the global batch split
+            # between them: each keeps its cores busy through the other's serial stretches.
+            per_process = cores // 2
+            key = f"{name}/{DISTRIBUTED_MODE}+ddp_2x{per_process}thread"
+            training[key] = measure_distributed_training(name, input_size, 8, steps, DISTRIBUTED_MODE, 2, per_process)
             logger.info("train %s: %.1f img/s", key, training[key]["images_per_second"])
     derived = derived_from_setting(build_setting("mobilenet_v2_CNFx3"))
     supernet = build_setting("mobilenet_v2_CNFx3")

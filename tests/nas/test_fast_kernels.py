@@ -224,6 +224,35 @@ def test_benchmark_training_row_runs_in_its_own_process():
         assert row["images_per_second"] > 0 and row["peak_memory_mb"] > 0
 
 
+def test_benchmark_distributed_row_splits_the_batch_over_two_workers():
+    from pnfs_pipeline.benchmarks import DISTRIBUTED_MODE, measure_distributed_training
+
+    row = measure_distributed_training("mobilenet_v2_CNFx3", (32, 32), 4, 1, DISTRIBUTED_MODE, 2, 1)
+    assert row["images_per_second"] > 0 and row["peak_memory_mb"] > 0
+    with pytest.raises(ValueError, match="batch 5 must divide by the 2 processes"):
+        measure_distributed_training("mobilenet_v2_CNFx3", (32, 32), 5, 1, DISTRIBUTED_MODE, 2, 1)
+
+
+@needs_kernels
+@pytest.mark.parametrize(("dilation", "stride"), [(2, 1), (1, 2)])
+def test_c_kernel_weight_gradient_keeps_the_weight_strides(dilation, stride):
+    """DistributedDataParallel copies a gradient whose strides differ from its parameter's through
+    a slow path, with a warning; the C kernels' gradient is laid out as the weight."""
+    conv = nn.Conv2d(16, 16, 3, stride, dilation, dilation=dilation, groups=16, bias=False)
+    conv = conv.to(memory_format=torch.channels_last)
+    assert conv.weight.stride() == (9, 1, 3, 1)  # not the plain (9, 9, 3, 1)
+    use_fast_depthwise(conv)
+    x = torch.randn(2, 16, 12, 10).contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = conv(x)
+    assert type(out.grad_fn).__name__ in ("_StridedDepthwiseBackward", "_DilatedDepthwiseBackward")
+    out.float().sum().backward()
+    assert conv.weight.grad.stride() == conv.weight.stride()
+    x_used = x.bfloat16().float()  # what autocast gave the convolution
+    reference = torch.nn.grad.conv2d_weight(x_used, conv.weight.shape, torch.ones(out.shape), stride, dilation, dilation, 16)
+    torch.testing.assert_close(conv.weight.grad, reference, rtol=1e-4, atol=1e-4)
+
+
 def test_vector_head_gives_the_same_heatmaps_and_gradients_in_both_memory_formats():
     from pnfs_pipeline.nas.supernet import HeadConfig, PartHead
 
