@@ -407,20 +407,21 @@ def run_suite(quick: bool, input_size: tuple[int, int], device: torch.device, th
 
 def format_table(report: dict[str, Any]) -> str:
     lines = [f"machine: {report['machine']}", f"input {report['input_size']} on {report['device']}", ""]
-    lines.append(f"{'supernet training (batch 8)':80s} {'img/s':>8s} {'peak MB':>9s}")
+    w = max(80, *(len(key) for key in report["supernet_training"]))  # the names column
+    lines.append(f"{'supernet training (batch 8)':{w}s} {'img/s':>8s} {'peak MB':>9s}")
     for key, value in report["supernet_training"].items():
-        lines.append(f"{key:80s} {value['images_per_second']:8.1f} {value['peak_memory_mb']:9.0f}")
+        lines.append(f"{key:{w}s} {value['images_per_second']:8.1f} {value['peak_memory_mb']:9.0f}")
     lines.append("")
-    lines.append(f"{'inference':80s} {'ms':>8s} {'img/s':>9s}")
+    lines.append(f"{'inference':{w}s} {'ms':>8s} {'img/s':>9s}")
     for key, value in report["inference"].items():
-        lines.append(f"{key:80s} {value['latency_ms']:8.1f} {value['images_per_second']:9.1f}")
+        lines.append(f"{key:{w}s} {value['latency_ms']:8.1f} {value['images_per_second']:9.1f}")
     lines.append("")
-    lines.append(f"{'training time and memory by input and batch (fp32)':80s} {'img/s':>8s} {'peak MB':>9s}")
+    lines.append(f"{'training time and memory by input and batch (fp32)':{w}s} {'img/s':>8s} {'peak MB':>9s}")
     for key, value in report["scaling_fp32"].items():
-        lines.append(f"{key:80s} {value['images_per_second']:8.1f} {value['peak_memory_mb']:9.0f}")
+        lines.append(f"{key:{w}s} {value['images_per_second']:8.1f} {value['peak_memory_mb']:9.0f}")
     lines.append("")
     for key, value in report["data_loader_samples_per_second"].items():
-        lines.append(f"data loader {key:68s} {value:8.1f} samples/s")
+        lines.append(f"data loader {key:{w - 12}s} {value:8.1f} samples/s")
     nms = report["oks_nms_10k"]
     lines.append(f"OKS-NMS, 10k detections: loop {nms['baseline_seconds']:.2f} s, vectorised {nms['optimised_seconds']:.2f} s")
     lines.append(f"COCO evaluation, 10k detections: {report['coco_eval_10k']['seconds']:.2f} s")
