@@ -67,6 +67,9 @@ def test_two_workers_match_one_process_with_the_same_global_batch(strategy):
     assert one.norm() > 0
     assert (two - one).norm() <= 0.05 * one.norm(), ((two - one).norm(), one.norm())
     assert [h["epoch"] for h in double.history] == [1]
+    # The epoch's figures count every worker's share, not rank 0's half.
+    assert double.history[0]["train_images"] == single.history[0]["train_images"] == 32
+    assert double.history[0]["train_loss"] == pytest.approx(single.history[0]["train_loss"], rel=0.05)
 
 
 def architecture_on_this_rank(job: TrainingJob) -> list[torch.Tensor]:

@@ -329,8 +329,10 @@ class Trainer:
             progress.update(task, advance=1, loss=total_loss / (step + 1), speed=speed)
         progress.remove_task(task)
         elapsed = time.perf_counter() - start
+        total_loss, images, elapsed, loss_terms = self._over_all_ranks(total_loss, images, elapsed, steps)
         metrics = {
-            "train_loss": total_loss / max(steps, 1),
+            "train_loss": total_loss / max(loss_terms, 1),
+            "train_images": images,
             "images_per_second": images / max(elapsed, 1e-9),
             "epoch_seconds": elapsed,
             "lr": self.optimizer.param_groups[0]["lr"],
@@ -338,6 +340,17 @@ class Trainer:
         if arch_steps:
             metrics["arch_loss"] = total_arch / arch_steps
         return metrics
+
+    def _over_all_ranks(self, total_loss: float, images: int, elapsed: float, steps: int) -> tuple[float, int, float, int]:
+        """An epoch's loss sum, images, seconds and loss terms over every rank: each worker saw
+        its share of the global batches, so one rank's figures alone would undercount."""
+        if not self.context.enabled:
+            return total_loss, images, elapsed, steps
+        sums = torch.tensor([total_loss, float(images), float(steps)], dtype=torch.float64)
+        torch.distributed.all_reduce(sums)
+        slowest = torch.tensor([elapsed], dtype=torch.float64)
+        torch.distributed.all_reduce(slowest, op=torch.distributed.ReduceOp.MAX)
+        return sums[0].item(), int(sums[1].item()), slowest.item(), int(sums[2].item())
 
     @torch.no_grad()
     def validation_loss(self, weights=None, max_batches: int | None = None) -> float:
@@ -383,15 +396,16 @@ class Trainer:
                     metrics["architecture"] = architecture_softmax(self.model)
                 self.scheduler.step()
                 self.history.append(metrics)
-                logger.info(
-                    "epoch %d/%d: train loss %.6f, val loss %.6f, %.1f img/s, %.1f s",
-                    epoch + 1,
-                    self.config.epochs,
-                    metrics["train_loss"],
-                    metrics["val_loss"],
-                    metrics["images_per_second"],
-                    metrics["epoch_seconds"],
-                )
+                if self.context.is_main:  # every rank has the same figures: one line per epoch
+                    logger.info(
+                        "epoch %d/%d: train loss %.6f, val loss %.6f, %.1f img/s, %.1f s",
+                        epoch + 1,
+                        self.config.epochs,
+                        metrics["train_loss"],
+                        metrics["val_loss"],
+                        metrics["images_per_second"],
+                        metrics["epoch_seconds"],
+                    )
                 if self.checkpoint_path is not None and self.context.is_main:
                     save_checkpoint(self.state_dict(epoch), self.checkpoint_path)
                 if self.on_epoch_end is not None and self.context.is_main:
