@@ -5,7 +5,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint viz benchmark clean
+# Training runs with tcmalloc (else jemalloc) preloaded where the machine has it (`make allocator`
+# installs Debian's tcmalloc): ~17% off the default search's epochs on 2 cores (README).
+PRELOAD = LD_PRELOAD="$$($(BIN)/python -m pnfs_pipeline.engine.allocator --ld-preload)"
+
+.PHONY: setup run test lint viz benchmark allocator clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,7 +20,14 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/kedro run
+	$(PRELOAD) $(BIN)/kedro run
+
+benchmark: $(STAMP)
+	$(BIN)/python -m pnfs_pipeline.benchmarks
+
+allocator:
+	@command -v apt-get >/dev/null || { echo "no apt-get here: install gperftools' tcmalloc or jemalloc with the system's package manager"; exit 1; }
+	apt-get install -y libtcmalloc-minimal4 || { apt-get update && apt-get install -y libtcmalloc-minimal4; }
 
 test: $(STAMP)
 	$(BIN)/ruff check .

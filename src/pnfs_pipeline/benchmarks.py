@@ -26,6 +26,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from pnfs_pipeline.engine.allocator import (
+    allocator_name,
+    loaded_allocator,
+    preloading,
+    resolve_allocator,
+)
 from pnfs_pipeline.keypoints import load_keypoint_spec
 from pnfs_pipeline.nas.backbones import build_backbone
 from pnfs_pipeline.nas.derived import DerivedNetwork
@@ -72,6 +78,7 @@ def machine_description() -> dict[str, Any]:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "bf16_cpu": bool(getattr(torch.backends, "mkldnn", None) and torch.backends.mkldnn.is_available()),
+        "allocator": loaded_allocator(),
     }
 
 
@@ -186,25 +193,47 @@ def _distributed_training_worker(payload: tuple) -> dict[str, Any]:
         step()
         seconds.append(time.perf_counter() - start)
     dist.destroy_process_group()
-    return {"seconds": seconds, "peak_memory_mb": peak_memory_mb(torch.device("cpu"))}
+    return {"seconds": seconds, "peak_memory_mb": peak_memory_mb(torch.device("cpu")), "allocator": loaded_allocator()}
+
+
+def _check_allocator(rows: list[dict[str, Any]], preload: Path | None) -> str:
+    """The allocator the measuring processes ran with, which must be the one asked for."""
+    expected = "system" if preload is None else allocator_name(preload)
+    seen = {row["allocator"] for row in rows}
+    if seen != {expected}:
+        raise RuntimeError(
+            f"the benchmark processes ran with allocator {sorted(seen)}, not {expected!r}"
+            + (f": LD_PRELOAD of {preload} did not load" if preload is not None else "")
+        )
+    return expected
 
 
 def measure_distributed_training(
-    setting: str, input_size: tuple[int, int], batch: int, steps: int, mode: str, processes: int, threads: int
-) -> dict[str, float]:
+    setting: str,
+    input_size: tuple[int, int],
+    batch: int,
+    steps: int,
+    mode: str,
+    processes: int,
+    threads: int,
+    preload: Path | None = None,
+) -> dict[str, Any]:
     """The global ``batch`` split over ``processes`` CPU workers of ``threads`` threads each, as
-    ``trainer.nproc_per_node`` runs it (DistributedDataParallel over gloo). A step's time is the
-    slowest rank's; the peak memory is the workers' peaks added up."""
+    ``trainer.nproc_per_node`` runs it (DistributedDataParallel over gloo), with the allocator
+    library ``preload`` preloaded in the workers if given. A step's time is the slowest rank's;
+    the peak memory is the workers' peaks added up."""
     from pnfs_pipeline.engine.distributed import launch
 
     if batch % processes:
         raise ValueError(f"batch {batch} must divide by the {processes} processes")
     payload = (setting, tuple(input_size), batch, steps, mode, threads)
-    ranks = launch(processes, _distributed_training_worker, payload, all_ranks=True)
+    with preloading(preload):
+        ranks = launch(processes, _distributed_training_worker, payload, all_ranks=True)
     step_seconds = [max(per_rank) for per_rank in zip(*(r["seconds"] for r in ranks.values()), strict=True)]
     return {
         "images_per_second": batch / float(np.median(step_seconds)),
         "peak_memory_mb": sum(r["peak_memory_mb"] for r in ranks.values()),
+        "allocator": _check_allocator(list(ranks.values()), preload),
     }
 
 
@@ -348,40 +377,65 @@ def _training_row(
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
-    return time_training(build_setting(setting), input_size, batch, steps, torch.device(device_name), mode)
+    row = time_training(build_setting(setting), input_size, batch, steps, torch.device(device_name), mode)
+    return {**row, "allocator": loaded_allocator()}
 
 
 def measure_training(
-    setting: str, input_size: tuple[int, int], batch: int, steps: int, device: torch.device, mode: str, threads: int | None
-) -> dict[str, float]:
-    """One training measurement; on the CPU in a fresh process so that its peak memory is its own."""
+    setting: str,
+    input_size: tuple[int, int],
+    batch: int,
+    steps: int,
+    device: torch.device,
+    mode: str,
+    threads: int | None,
+    preload: Path | None = None,
+) -> dict[str, Any]:
+    """One training measurement; on the CPU in a fresh process so that its peak memory is its
+    own, with the allocator library ``preload`` preloaded in it if given."""
     args = (setting, tuple(input_size), batch, steps, str(device), mode, threads or torch.get_num_threads())
     if device.type != "cpu":
+        if preload is not None:
+            raise ValueError("an allocator is preloaded only into the CPU measurement processes")
         return _training_row(*args)
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        return pool.submit(_training_row, *args).result()
+    with preloading(preload), ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        row = pool.submit(_training_row, *args).result()
+    return {**row, "allocator": _check_allocator([row], preload)}
 
 
-def run_suite(quick: bool, input_size: tuple[int, int], device: torch.device, threads: int | None) -> dict[str, Any]:
+def run_suite(
+    quick: bool, input_size: tuple[int, int], device: torch.device, threads: int | None, allocator: Path | None = None
+) -> dict[str, Any]:
+    """Every measurement; on the CPU with ``allocator`` (a tcmalloc / jemalloc library), each
+    setting's optimised rows are measured once more with it preloaded."""
     if threads:
         torch.set_num_threads(threads)
     steps = 2 if quick else 5
     report: dict[str, Any] = {"machine": machine_description(), "input_size": list(input_size), "device": str(device)}
     training, inference = {}, {}
     cores = threads or torch.get_num_threads()
+    preloads = [None] if device.type != "cpu" or allocator is None else [None, allocator]
     for name in SETTINGS:
         for mode in TRAINING_MODES:
             key = f"{name}/{mode}"
             training[key] = measure_training(name, input_size, 8, steps, device, mode, threads)
             logger.info("train %s: %.1f img/s", key, training[key]["images_per_second"])
-        if device.type == "cpu" and cores >= 2:
-            # The same cores as two processes (trainer.nproc_per_node: 2), the global batch split
-            # between them: each keeps its cores busy through the other's serial stretches.
-            per_process = cores // 2
-            key = f"{name}/{DISTRIBUTED_MODE}+ddp_2x{per_process}thread"
-            training[key] = measure_distributed_training(name, input_size, 8, steps, DISTRIBUTED_MODE, 2, per_process)
-            logger.info("train %s: %.1f img/s", key, training[key]["images_per_second"])
+        for preload in preloads:
+            suffix = "" if preload is None else f"+{allocator_name(preload)}"
+            if preload is not None:
+                key = f"{name}/{DISTRIBUTED_MODE}{suffix}"
+                training[key] = measure_training(name, input_size, 8, steps, device, DISTRIBUTED_MODE, threads, preload)
+                logger.info("train %s: %.1f img/s", key, training[key]["images_per_second"])
+            if device.type == "cpu" and cores >= 2:
+                # The same cores as two processes (trainer.nproc_per_node: 2), the global batch
+                # split between them: each keeps its cores busy through the other's serial stretches.
+                per_process = cores // 2
+                key = f"{name}/{DISTRIBUTED_MODE}+ddp_2x{per_process}thread{suffix}"
+                training[key] = measure_distributed_training(
+                    name, input_size, 8, steps, DISTRIBUTED_MODE, 2, per_process, preload
+                )
+                logger.info("train %s: %.1f img/s", key, training[key]["images_per_second"])
     derived = derived_from_setting(build_setting("mobilenet_v2_CNFx3"))
     supernet = build_setting("mobilenet_v2_CNFx3")
     for batch in (1, 8, 32):
@@ -434,12 +488,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--input-size", default="192x256", help="width x height (default 192x256)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--allocator", default="auto",
+        help="allocator preloaded for the extra optimised CPU training rows: auto (tcmalloc, else jemalloc, "
+        "else no extra rows), system (no extra rows), tcmalloc, jemalloc or a library path",
+    )
     parser.add_argument("--output", default="data/08_reporting/benchmarks.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     width, height = (int(v) for v in args.input_size.lower().split("x"))
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device))
-    report = run_suite(args.quick, (width, height), device, args.threads)
+    allocator = resolve_allocator(args.allocator)
+    if allocator is None and device.type == "cpu":
+        logger.info("no tcmalloc / jemalloc library found (--allocator %s): no preloaded-allocator rows", args.allocator)
+    report = run_suite(args.quick, (width, height), device, args.threads, allocator)
     table = format_table(report)
     print(table)  # noqa: T201 - the benchmark's output is the table
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)

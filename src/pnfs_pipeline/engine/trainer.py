@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import Dataset, DistributedSampler, Subset
 
 from pnfs_pipeline.data.dataset import make_data_loader
+from pnfs_pipeline.engine.allocator import loaded_allocator
 from pnfs_pipeline.engine.checkpoint import (
     load_checkpoint,
     restore_rng_state,
@@ -162,6 +163,11 @@ class Trainer:
             use_fast_depthwise(self.model)
             # BatchNorm and the ReLU after it in one pass (nas/fused_batch_norm.py).
             use_fused_batch_norm(self.model)
+            if self.context.is_main:
+                logger.info(
+                    "training on the CPU: %d threads, memory allocator %s (engine/allocator.py)",
+                    torch.get_num_threads(), loaded_allocator(),
+                )
         self.strategy = strategy_factory(self.model, config.epochs) if strategy_factory else None
         if self.strategy is not None:
             self.strategy.sync_gradients = lambda grads: all_reduce_mean(grads, self.context)
