@@ -361,3 +361,15 @@ def test_every_kernel_source_file_ships_with_the_package():
     assert any(name.endswith(".h") for name in files)
     missing = [name for name in files if not any(fnmatch.fnmatch(name, pattern) for pattern in patterns)]
     assert not missing, f"not in pyproject's package-data: {missing}"
+
+
+def test_benchmark_row_peak_memory_is_the_measuring_process_own():
+    from pnfs_pipeline.benchmarks import TRAINING_MODES, measure_training, peak_memory_mb
+
+    # Resident here, in the suite's process: a child forked from it must not report it as its own.
+    ballast = torch.ones(2 * 2**30 // 4)
+    suite_peak = peak_memory_mb(torch.device("cpu"))
+    assert suite_peak > 2048
+    row = measure_training("mobilenet_v2_CNFx3", (32, 32), 2, 1, torch.device("cpu"), next(iter(TRAINING_MODES)), 1)
+    del ballast
+    assert 0 < row["peak_memory_mb"] < suite_peak - 1024
