@@ -7,7 +7,9 @@ STAMP := $(VENV)/.installed
 
 # Training runs with tcmalloc (else jemalloc) preloaded where the machine has it (`make allocator`
 # installs Debian's tcmalloc): ~17% off the default search's epochs on 2 cores (README).
-PRELOAD = LD_PRELOAD="$$($(BIN)/python -m pnfs_pipeline.engine.allocator --ld-preload)"
+# ALLOCATOR=system keeps glibc's malloc; tcmalloc, jemalloc or a library path insist on one.
+ALLOCATOR ?= auto
+PRELOAD = LD_PRELOAD="$$($(BIN)/python -m pnfs_pipeline.engine.allocator --ld-preload $(ALLOCATOR))"
 
 .PHONY: setup run test lint viz benchmark allocator clean
 

@@ -67,6 +67,16 @@ def test_command_line_prints_the_library_or_fails_with_the_reason(capsys, monkey
     assert capsys.readouterr().out.strip() == str((tmp_path / "libjemalloc.so.2").resolve())
 
 
+def test_command_line_composes_ld_preload_with_the_other_preloaded_libraries(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr("pnfs_pipeline.engine.allocator.library_directories", lambda: [tmp_path])
+    (tmp_path / "libtcmalloc_minimal.so.4").write_bytes(b"")
+    monkeypatch.setenv("LD_PRELOAD", "/x/libjemalloc.so.2:/y/libhook.so")
+    assert main(["--ld-preload"]) == 0
+    assert capsys.readouterr().out.strip() == f"{(tmp_path / 'libtcmalloc_minimal.so.4').resolve()} /y/libhook.so"
+    assert main(["system", "--ld-preload"]) == 0
+    assert capsys.readouterr().out.strip() == "/y/libhook.so"
+
+
 def test_loaded_allocator_reads_the_memory_maps():
     maps = (
         "7f00-7f01 r-xp 00000000 fd:01 123 /usr/lib/x86_64-linux-gnu/libc.so.6\n"
