@@ -416,16 +416,23 @@ def measure_training(
     return {**row, "allocator": _check_allocator([row], preload)}
 
 
-def run_suite(
-    quick: bool, input_size: tuple[int, int], device: torch.device, threads: int | None, allocator: Path | None = None
-) -> dict[str, Any]:
-    """Every measurement; on the CPU with ``allocator`` (a tcmalloc / jemalloc library), each
-    setting's optimised rows are measured once more with it preloaded."""
-    if threads:
-        torch.set_num_threads(threads)
-    steps = 2 if quick else 5
-    report: dict[str, Any] = {"machine": machine_description(), "input_size": list(input_size), "device": str(device)}
-    training, inference = {}, {}
+def median_of_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One training row from its measurements in alternating rounds: the median images/s, the
+    largest peak memory, and every round's images/s (``rounds``) to show the spread."""
+    speeds = [row["images_per_second"] for row in rounds]
+    return {
+        **rounds[0],
+        "images_per_second": float(np.median(speeds)),
+        "peak_memory_mb": max(row["peak_memory_mb"] for row in rounds),
+        "rounds": speeds,
+    }
+
+
+def _training_rows(
+    input_size: tuple[int, int], device: torch.device, threads: int | None, steps: int, allocator: Path | None
+) -> dict[str, dict[str, Any]]:
+    """One round of every supernet training row, in the table's order."""
+    training = {}
     cores = threads or torch.get_num_threads()
     preloads = [None] if device.type != "cpu" or allocator is None else [None, allocator]
     for name in SETTINGS:
@@ -448,6 +455,35 @@ def run_suite(
                     name, input_size, 8, steps, DISTRIBUTED_MODE, 2, per_process, preload
                 )
                 logger.info("train %s: %.1f img/s", key, training[key]["images_per_second"])
+    return training
+
+
+def run_suite(
+    quick: bool,
+    input_size: tuple[int, int],
+    device: torch.device,
+    threads: int | None,
+    allocator: Path | None = None,
+    rounds: int = 1,
+) -> dict[str, Any]:
+    """Every measurement; on the CPU with ``allocator`` (a tcmalloc / jemalloc library), each
+    setting's optimised rows are measured once more with it preloaded. The training rows run
+    ``rounds`` times in alternation (a shared VM's speed drifts over minutes: rows measured
+    minutes apart compare the hours, not the code) and report their medians."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds}")
+    if threads:
+        torch.set_num_threads(threads)
+    steps = 2 if quick else 5
+    report: dict[str, Any] = {"machine": machine_description(), "input_size": list(input_size), "device": str(device)}
+    measured: dict[str, list[dict[str, Any]]] = {}
+    for round_index in range(rounds):
+        if rounds > 1:
+            logger.info("training rows: round %d of %d", round_index + 1, rounds)
+        for key, row in _training_rows(input_size, device, threads, steps, allocator).items():
+            measured.setdefault(key, []).append(row)
+    training = {key: median_of_rounds(rows) for key, rows in measured.items()}
+    inference = {}
     derived = derived_from_setting(build_setting("mobilenet_v2_CNFx3"))
     supernet = build_setting("mobilenet_v2_CNFx3")
     for batch in (1, 8, 32):
@@ -474,9 +510,12 @@ def run_suite(
 def format_table(report: dict[str, Any]) -> str:
     lines = [f"machine: {report['machine']}", f"input {report['input_size']} on {report['device']}", ""]
     w = max(80, *(len(key) for key in report["supernet_training"]))  # the names column
-    lines.append(f"{'supernet training (batch 8)':{w}s} {'img/s':>8s} {'peak MB':>9s}")
+    rounds = max((len(value.get("rounds", [])) for value in report["supernet_training"].values()), default=0)
+    spread = f"  rounds' img/s ({rounds})" if rounds > 1 else ""
+    lines.append(f"{'supernet training (batch 8)':{w}s} {'img/s':>8s} {'peak MB':>9s}{spread}")
     for key, value in report["supernet_training"].items():
-        lines.append(f"{key:{w}s} {value['images_per_second']:8.1f} {value['peak_memory_mb']:9.0f}")
+        each = "  " + " ".join(f"{v:.1f}" for v in value["rounds"]) if rounds > 1 else ""
+        lines.append(f"{key:{w}s} {value['images_per_second']:8.1f} {value['peak_memory_mb']:9.0f}{each}")
     lines.append("")
     lines.append(f"{'inference':{w}s} {'ms':>8s} {'img/s':>9s}")
     for key, value in report["inference"].items():
@@ -505,15 +544,21 @@ def main(argv: list[str] | None = None) -> None:
         help="allocator preloaded for the extra optimised CPU training rows: auto (tcmalloc, else jemalloc, "
         "else no extra rows), system (no extra rows), tcmalloc, jemalloc or a library path",
     )
+    parser.add_argument(
+        "--rounds", type=int, default=1,
+        help="measure the training rows this many times in alternation and report medians (default 1)",
+    )
     parser.add_argument("--output", default="data/08_reporting/benchmarks.json")
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     width, height = (int(v) for v in args.input_size.lower().split("x"))
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device))
     allocator = resolve_allocator(args.allocator)
     if allocator is None and device.type == "cpu":
         logger.info("no tcmalloc / jemalloc library found (--allocator %s): no preloaded-allocator rows", args.allocator)
-    report = run_suite(args.quick, (width, height), device, args.threads, allocator)
+    report = run_suite(args.quick, (width, height), device, args.threads, allocator, args.rounds)
     table = format_table(report)
     print(table)  # noqa: T201 - the benchmark's output is the table
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)

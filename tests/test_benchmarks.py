@@ -1,0 +1,45 @@
+import pytest
+import torch
+
+from pnfs_pipeline.benchmarks import format_table, median_of_rounds, run_suite
+
+
+def _report(training: dict) -> dict:
+    return {
+        "machine": {"cpu": "test"},
+        "input_size": [192, 256],
+        "device": "cpu",
+        "supernet_training": training,
+        "inference": {"derived/batch8/fp32": {"latency_ms": 100.0, "images_per_second": 80.0}},
+        "scaling_fp32": {},
+        "data_loader_samples_per_second": {"workers_0": 500.0},
+        "oks_nms_10k": {"baseline_seconds": 0.25, "optimised_seconds": 0.16},
+        "coco_eval_10k": {"seconds": 2.0},
+    }
+
+
+def test_rounds_give_the_median_speed_the_largest_peak_and_every_reading():
+    rounds = [
+        {"images_per_second": 8.0, "peak_memory_mb": 1600.0, "allocator": "system"},
+        {"images_per_second": 7.1, "peak_memory_mb": 1650.0, "allocator": "system"},
+        {"images_per_second": 8.9, "peak_memory_mb": 1630.0, "allocator": "system"},
+    ]
+    row = median_of_rounds(rounds)
+    assert row == {"images_per_second": 8.0, "peak_memory_mb": 1650.0, "allocator": "system", "rounds": [8.0, 7.1, 8.9]}
+
+
+def test_table_lists_each_round_only_when_there_were_several():
+    single = format_table(_report({"a/fp32": median_of_rounds([{"images_per_second": 3.5, "peak_memory_mb": 2788.0}])}))
+    assert "rounds' img/s" not in single
+    assert [line.split() for line in single.splitlines() if line.startswith("a/fp32")] == [["a/fp32", "3.5", "2788"]]
+    rows = [{"images_per_second": v, "peak_memory_mb": 2788.0} for v in (3.5, 2.9, 3.1)]
+    several = format_table(_report({"a/fp32": median_of_rounds(rows)}))
+    assert "rounds' img/s (3)" in several
+    assert [line.split() for line in several.splitlines() if line.startswith("a/fp32")] == [
+        ["a/fp32", "3.1", "2788", "3.5", "2.9", "3.1"]
+    ]
+
+
+def test_suite_refuses_no_rounds():
+    with pytest.raises(ValueError, match="rounds must be at least 1, got 0"):
+        run_suite(True, (32, 32), torch.device("cpu"), 1, rounds=0)
