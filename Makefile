@@ -9,7 +9,8 @@ STAMP := $(VENV)/.installed
 # installs Debian's tcmalloc): ~17% off the default search's epochs on 2 cores (README).
 # ALLOCATOR=system keeps glibc's malloc; tcmalloc, jemalloc or a library path insist on one.
 ALLOCATOR ?= auto
-PRELOAD = LD_PRELOAD="$$($(BIN)/python -m pnfs_pipeline.engine.allocator --ld-preload $(ALLOCATOR))"
+# An allocator asked for by name that is not installed stops the target with the reason.
+PRELOAD = preload="$$($(BIN)/python -m pnfs_pipeline.engine.allocator --ld-preload $(ALLOCATOR))" && LD_PRELOAD="$$preload"
 
 .PHONY: setup run test lint viz benchmark allocator clean
 
