@@ -4,7 +4,7 @@ PyTorch's eager CPU kernels run one operation per pass over memory; a few places
 training step do better as one pass that PyTorch cannot fuse on the CPU (BatchNorm with its
 activation, a weighted sum's backward, depthwise-convolution gradients at strides and dilations
 oneDNN handles slowly). They are written in C and compiled with the system's C compiler (``$CC``,
-else ``cc``/``gcc``/``clang``; ``-O3 -march=native -fopenmp``) into ``$PNFS_KERNEL_CACHE``
+else ``cc``/``gcc``/``clang``; ``-O3 -march=native -fopenmp``, 512-bit vectors preferred on x86) into ``$PNFS_KERNEL_CACHE``
 (default ``~/.cache/pnfs_pipeline/kernels``), one library per source, compiler and CPU, and loaded
 with ctypes. OpenMP links to the runtime PyTorch already loaded, so the kernels share its threads.
 
@@ -32,6 +32,12 @@ logger = logging.getLogger(__name__)
 
 SOURCE_DIR = Path(__file__).with_name("csrc")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11")
+if platform.machine().lower() in ("x86_64", "amd64"):
+    # gcc and clang vectorise for AVX-512 CPUs with 256-bit registers unless told otherwise; the
+    # kernels stream whole maps, and 512-bit vectors made the MobileNetV2_CNFx3 training step
+    # (256x192, batch 8, bf16, 2 threads, Intel Xeon) 2-12% faster in three alternating pairs of
+    # processes (761 -> 749, 802 -> 701, 692 -> 675 ms). CPUs without AVX-512 ignore the preference.
+    FLAGS += ("-mprefer-vector-width=512",)
 
 _lock = threading.Lock()
 _state: dict[str, object] = {"loaded": False, "library": None, "error": None}
