@@ -109,6 +109,30 @@ def test_relu6_passes_no_gradient_where_the_bfloat16_output_rounds_to_six():
 
 
 @needs_kernel
+@pytest.mark.parametrize(
+    ("bound", "spread", "stored"),
+    [
+        (5.984375, 2e-5, (5.96875, 6.0)),  # from 6 - 1/64 up, bfloat16 rounds to 6
+        (2.0**-134, 2.0**-140, (0.0, 2.0**-133)),  # up to 2^-134 (a float32 denormal) it rounds to 0
+    ],
+)
+def test_relu6_gradient_mask_follows_bfloat16_rounding_at_both_bounds(bound, spread, stored):
+    # Normalised to about -1 and +1, the two outputs land just below and just above the bound, on
+    # either side of where bfloat16 rounding moves them onto the activation's edge.
+    x0 = _channels_last(torch.tensor([0.0, 1.0]).to(torch.bfloat16).view(1, 1, 1, 2))
+    weight0, bias0 = torch.tensor([spread]), torch.tensor([bound])
+    reference = _run(False, x0, weight0, bias0, "relu6")
+    result = _run(True, x0, weight0, bias0, "relu6")
+    assert reference["y"].flatten().tolist() == [min(s, 6.0) for s in stored]
+    assert torch.equal(result["y"], reference["y"])
+    # The bias's gradient sums the output gradient where the activation passes it.
+    grad = torch.randn(x0.shape, generator=torch.Generator().manual_seed(7)).to(torch.bfloat16).flatten()
+    passed_sum = sum(float(g) for g, s in zip(grad, stored, strict=True) if 0 < s < 6)
+    assert float(reference["grad_bias"]) == pytest.approx(passed_sum)
+    assert float(result["grad_bias"]) == pytest.approx(passed_sum)
+
+
+@needs_kernel
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("activation", ["relu", "relu6"])
 def test_nan_in_a_channel_comes_out_as_nan(dtype, activation):

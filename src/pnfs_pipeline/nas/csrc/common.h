@@ -26,8 +26,6 @@ static inline uint16_t store_bf16(float f) {
 
 static inline float load_f32(float v) { return v; }
 static inline float store_f32(float f) { return f; }
-static inline float rounded_bf16(float f) { return load_bf16(store_bf16(f)); }
-static inline float rounded_f32(float f) { return f; }
 
 /* n floats stored as bfloat16 / float32. Where the CPU converts (AVX512-BF16), one instruction
  * rounds 16 values to nearest even as store_bf16 does (it reads denormal inputs as zero). */
