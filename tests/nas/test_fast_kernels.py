@@ -9,6 +9,7 @@ from torch import nn
 
 from pnfs_pipeline.nas.fast_depthwise import (
     FastDepthwiseConv2d,
+    _native_same_padded_backward,
     _Subsample,
     strided_by_subsampling,
     strided_depthwise_conv2d,
@@ -115,6 +116,80 @@ def test_strided_depthwise_c_kernels_match_native_fp32(kernel, padding, size):
     torch.testing.assert_close(bias.grad, grad.sum((0, 2, 3)), rtol=1e-5, atol=1e-5)
 
 
+def _float64_depthwise_backward(grad, x, weight, dilation):
+    padding = dilation * (weight.shape[-1] - 1) // 2
+    return torch.ops.aten.convolution_backward(
+        grad.double(), x.double(), weight.double(), None, [1, 1], [padding] * 2, [dilation] * 2,
+        False, [0, 0], x.shape[1], [True, True, False],
+    )[:2]
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    ("channels", "kernel_size", "dilation", "size"),
+    [
+        (32, 3, 1, (9, 7)),  # the vector path only
+        (37, 3, 2, (11, 6)),  # vectors and a remainder of 5 channels
+        (21, 5, 1, (8, 9)),
+        (16, 5, 2, (7, 10)),
+        (6, 7, 1, (9, 8)),  # any other kernel size: the scalar path
+        (16, 3, 3, (2, 5)),  # the padding (3) larger than the map's height
+    ],
+)
+def test_same_padded_depthwise_c_kernel_matches_float64(dtype, channels, kernel_size, dilation, size):
+    torch.manual_seed(0)
+    x = torch.randn(3, channels, *size).to(dtype).contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(x.shape).to(dtype).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(channels, 1, kernel_size, kernel_size).to(dtype)
+    want_x, want_w = _float64_depthwise_backward(grad, x, weight, dilation)
+    got_x, got_w = _native_same_padded_backward(grad, x, weight, dilation, True, True)
+    assert got_x.dtype == dtype and got_x.is_contiguous(memory_format=torch.channels_last)
+    assert got_w.dtype == torch.float32 and got_w.shape == weight.shape
+    # bfloat16: the float sums rounded once on the way out (8 significant bits)
+    tolerance = 1e-5 if dtype == torch.float32 else 8e-3
+    torch.testing.assert_close(got_x.double(), want_x, rtol=tolerance, atol=tolerance * want_x.abs().max().item())
+    torch.testing.assert_close(got_w.double(), want_w, rtol=1e-5, atol=1e-5 * want_w.abs().max().item())
+
+
+@needs_kernels
+def test_same_padded_depthwise_c_kernel_computes_only_the_gradients_asked_for():
+    torch.manual_seed(0)
+    x = torch.randn(2, 24, 6, 5).bfloat16().contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(x.shape).bfloat16().contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(24, 1, 3, 3).bfloat16()
+    both = _native_same_padded_backward(grad, x, weight, 2, True, True)
+    input_only = _native_same_padded_backward(grad, x, weight, 2, True, False)
+    weight_only = _native_same_padded_backward(grad, x, weight, 2, False, True)
+    assert input_only[1] is None and weight_only[0] is None
+    torch.testing.assert_close(input_only[0], both[0], rtol=0, atol=0)
+    torch.testing.assert_close(weight_only[1], both[1], rtol=0, atol=0)
+
+
+@needs_kernels
+def test_undilated_depthwise_module_takes_the_c_kernel_in_bf16_only():
+    """bfloat16 channels_last training: the C kernel's backward, against a float64 reference;
+    float32 keeps oneDNN's (as fast there)."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(48, 48, 3, 1, 1, groups=48, bias=True)
+    x = torch.randn(2, 48, 16, 12)
+    grad = torch.randn(conv(x).shape, dtype=torch.float64)
+    reference = _forward_backward(copy.deepcopy(conv).double(), x.double(), grad)
+    fast = copy.deepcopy(conv).to(memory_format=torch.channels_last)
+    assert use_fast_depthwise(fast) == 1
+    x_cl = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    assert type(fast(x_cl).grad_fn).__name__ == "ConvolutionBackward0"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = fast(x_cl)
+    assert type(out.grad_fn).__name__ == "_SamePaddedDepthwiseBackward"
+    out.backward(grad.to(out.dtype).contiguous(memory_format=torch.channels_last))
+    got = (out.detach().double(), x_cl.grad.double(), fast.weight.grad.double())
+    for name, a, b in zip(("output", "input grad", "weight grad"), got, reference, strict=True):
+        error = ((a - b).abs().max() / b.abs().max()).item()
+        assert error < 2e-2, f"{name}: relative error {error:.3f}"
+    torch.testing.assert_close(fast.bias.grad.double(), grad.sum((0, 2, 3)), rtol=2e-2, atol=2e-2)
+
+
 @needs_kernels
 def test_strided_depthwise_module_trains_through_the_c_kernels_in_bf16():
     """MobileNetV2's down-sampling depthwise convolution, against a float64 reference."""
@@ -156,15 +231,16 @@ def test_weighted_sum_backward_kernel_matches_the_products(dtype):
 def test_only_eligible_convolutions_switch_and_state_dicts_stay():
     model = nn.Sequential(
         build_op("atr_conv_3x3", 8),  # one dilated depthwise conv
-        build_op("sep_conv_3x3", 8),  # undilated, stride 1: unchanged
+        build_op("sep_conv_3x3", 8),  # two undilated, stride-1 "same" depthwise convs
         nn.Conv2d(8, 8, 3, 2, 1, groups=8),  # strided depthwise
         nn.Conv2d(8, 16, 3, 2, 1),  # dense
         nn.Conv2d(16, 16, 3, 1, 1, dilation=2, groups=16),  # dilated but not "same" padding
+        nn.Conv2d(16, 16, 3, 1, 0, groups=16),  # undilated, not "same" padding
     )
     keys = list(model.state_dict())
-    assert use_fast_depthwise(model) == 2
+    assert use_fast_depthwise(model) == 4
     assert list(model.state_dict()) == keys
-    assert type(model[3]) is nn.Conv2d and type(model[4]) is nn.Conv2d
+    assert all(type(model[i]) is nn.Conv2d for i in (3, 4, 5))
 
 
 def test_inference_uses_the_native_kernel():
@@ -245,7 +321,7 @@ def test_c_kernel_weight_gradient_keeps_the_weight_strides(dilation, stride):
     x = torch.randn(2, 16, 12, 10).contiguous(memory_format=torch.channels_last)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = conv(x)
-    assert type(out.grad_fn).__name__ in ("_StridedDepthwiseBackward", "_DilatedDepthwiseBackward")
+    assert type(out.grad_fn).__name__ in ("_StridedDepthwiseBackward", "_SamePaddedDepthwiseBackward")
     out.float().sum().backward()
     assert conv.weight.grad.stride() == conv.weight.stride()
     x_used = x.bfloat16().float()  # what autocast gave the convolution

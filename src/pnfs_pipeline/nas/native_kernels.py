@@ -2,8 +2,8 @@
 
 PyTorch's eager CPU kernels run one operation per pass over memory; a few places in the supernet's
 training step do better as one pass that PyTorch cannot fuse on the CPU (BatchNorm with its
-activation, a weighted sum's backward, depthwise-convolution gradients at strides and dilations
-oneDNN handles slowly). They are written in C and compiled with the system's C compiler (``$CC``,
+activation, a weighted sum's backward, depthwise-convolution gradients: both from one pass at
+stride 1, and at the strides and dilations oneDNN handles slowly). They are written in C and compiled with the system's C compiler (``$CC``,
 else ``cc``/``gcc``/``clang``; ``-O3 -march=native -fopenmp``, 512-bit vectors preferred on x86)
 into ``$PNFS_KERNEL_CACHE`` (default ``~/.cache/pnfs_pipeline/kernels``), one library per source,
 compiler and CPU, and loaded with ctypes. OpenMP links to the runtime PyTorch already loaded, so
@@ -115,6 +115,7 @@ SIGNATURES = {
     "pnfs_bn_act_backward": [_P, _P, _I64, _I64, _P, _P, _P, _P, _INT, _INT, _P, _P, _P],
     "pnfs_depthwise_weight_grad": [_P, _P, _I64, _I64, _I64, _I64, _I64, _I64, _INT, _INT, _INT, _INT, _INT, _P],
     "pnfs_depthwise_input_grad": [_P, _P, _I64, _I64, _I64, _I64, _I64, _I64, _INT, _INT, _INT, _INT, _INT, _P],
+    "pnfs_depthwise_backward": [_P, _P, _P, _I64, _I64, _I64, _I64, _INT, _INT, _INT, _P, _P],
     "pnfs_scale_and_dot": [_P, _P, _I64, _F32, _INT, _P, _P],
     "pnfs_weighted_sum": [_P, _P, _INT, _I64, _INT, _INT, _P],
 }
