@@ -116,6 +116,20 @@ def test_strided_depthwise_c_kernels_match_native_fp32(kernel, padding, size):
     torch.testing.assert_close(bias.grad, grad.sum((0, 2, 3)), rtol=1e-5, atol=1e-5)
 
 
+def _assert_bf16_training_matches(fast, x, grad, reference, backward_name):
+    """``fast``'s bf16-autocast output and gradients on channels_last ``x`` against ``reference``
+    (output, input and weight gradients in float64), through the backward named."""
+    x = x.detach().clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = fast(x)
+    assert type(out.grad_fn).__name__ == backward_name
+    out.backward(grad.to(out.dtype).contiguous(memory_format=torch.channels_last))
+    got = (out.detach().double(), x.grad.double(), fast.weight.grad.double())
+    for name, a, b in zip(("output", "input grad", "weight grad"), got, reference, strict=True):
+        error = ((a - b).abs().max() / b.abs().max()).item()
+        assert error < 2e-2, f"{name}: relative error {error:.3f}"
+
+
 def _float64_depthwise_backward(grad, x, weight, dilation):
     padding = dilation * (weight.shape[-1] - 1) // 2
     return torch.ops.aten.convolution_backward(
@@ -177,16 +191,9 @@ def test_undilated_depthwise_module_takes_the_c_kernel_in_bf16_only():
     reference = _forward_backward(copy.deepcopy(conv).double(), x.double(), grad)
     fast = copy.deepcopy(conv).to(memory_format=torch.channels_last)
     assert use_fast_depthwise(fast) == 1
-    x_cl = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    x_cl = x.contiguous(memory_format=torch.channels_last)
     assert type(fast(x_cl).grad_fn).__name__ == "ConvolutionBackward0"
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = fast(x_cl)
-    assert type(out.grad_fn).__name__ == "_SamePaddedDepthwiseBackward"
-    out.backward(grad.to(out.dtype).contiguous(memory_format=torch.channels_last))
-    got = (out.detach().double(), x_cl.grad.double(), fast.weight.grad.double())
-    for name, a, b in zip(("output", "input grad", "weight grad"), got, reference, strict=True):
-        error = ((a - b).abs().max() / b.abs().max()).item()
-        assert error < 2e-2, f"{name}: relative error {error:.3f}"
+    _assert_bf16_training_matches(fast, x_cl, grad, reference, "_SamePaddedDepthwiseBackward")
     torch.testing.assert_close(fast.bias.grad.double(), grad.sum((0, 2, 3)), rtol=2e-2, atol=2e-2)
 
 
@@ -200,15 +207,9 @@ def test_strided_depthwise_module_trains_through_the_c_kernels_in_bf16():
     reference = _forward_backward(copy.deepcopy(conv).double(), x.double(), grad)
     fast = copy.deepcopy(conv).to(memory_format=torch.channels_last)
     use_fast_depthwise(fast)
-    x_cl = x.contiguous(memory_format=torch.channels_last).requires_grad_()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = fast(x_cl)
-    assert type(out.grad_fn).__name__ == "_StridedDepthwiseBackward"
-    out.backward(grad.to(out.dtype).contiguous(memory_format=torch.channels_last))
-    got = (out.detach().double(), x_cl.grad.double(), fast.weight.grad.double())
-    for name, a, b in zip(("output", "input grad", "weight grad"), got, reference, strict=True):
-        error = ((a - b).abs().max() / b.abs().max()).item()
-        assert error < 2e-2, f"{name}: relative error {error:.3f}"
+    _assert_bf16_training_matches(
+        fast, x.contiguous(memory_format=torch.channels_last), grad, reference, "_StridedDepthwiseBackward"
+    )
 
 
 @needs_kernels

@@ -44,4 +44,14 @@ static inline void store_row_f32(const float *restrict in, float *restrict out, 
     memcpy(out, in, (size_t)n * sizeof(float));
 }
 
+/* A depthwise weight gradient (C, taps) from the threads' double partial sums (thread, tap, C). */
+static inline void sum_weight_partials(const double *partial, int threads, int taps, int64_t C, float *grad_w) {
+    for (int64_t c = 0; c < C; c++)
+        for (int tap = 0; tap < taps; tap++) {
+            double sum = 0.0;
+            for (int t = 0; t < threads; t++) sum += partial[((size_t)t * taps + tap) * C + c];
+            grad_w[c * taps + tap] = (float)sum;
+        }
+}
+
 #endif

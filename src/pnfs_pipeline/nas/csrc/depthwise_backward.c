@@ -221,14 +221,7 @@ static void input_row_scalar(const float *const *g_rows, const float *by_tap, in
             free(buffer);                                                                       \
             free(tags);                                                                         \
         }                                                                                       \
-        if (grad_w && !failed) {                                                                \
-            for (int64_t c = 0; c < C; c++)                                                     \
-                for (int tap = 0; tap < taps; tap++) {                                          \
-                    double sum = 0.0;                                                           \
-                    for (int th = 0; th < threads; th++) sum += partial[((size_t)th * taps + tap) * C + c]; \
-                    grad_w[c * taps + tap] = (float)sum;                                        \
-                }                                                                               \
-        }                                                                                       \
+        if (grad_w && !failed) sum_weight_partials(partial, threads, taps, C, grad_w);          \
         free(by_tap);                                                                           \
         free(partial);                                                                          \
         return failed ? 2 : 0;                                                                  \

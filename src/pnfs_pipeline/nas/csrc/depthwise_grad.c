@@ -113,14 +113,7 @@ static inline int64_t end_output(int64_t offset, int stride, int64_t W, int64_t 
                 free(buffer);                                                                   \
             }                                                                                   \
         }                                                                                       \
-        if (!failed) {                                                                          \
-            for (int64_t c = 0; c < C; c++)                                                     \
-                for (int tap = 0; tap < taps; tap++) {                                          \
-                    double sum = 0.0;                                                           \
-                    for (int t = 0; t < threads; t++) sum += partial[((size_t)t * taps + tap) * C + c]; \
-                    grad_w[c * taps + tap] = (float)sum;                                        \
-                }                                                                               \
-        }                                                                                       \
+        if (!failed) sum_weight_partials(partial, threads, taps, C, grad_w);                    \
         free(partial);                                                                          \
         return failed ? 2 : 0;                                                                  \
     }                                                                                           \
