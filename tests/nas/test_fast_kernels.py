@@ -116,6 +116,18 @@ def test_strided_depthwise_c_kernels_match_native_fp32(kernel, padding, size):
     torch.testing.assert_close(bias.grad, grad.sum((0, 2, 3)), rtol=1e-5, atol=1e-5)
 
 
+def _bf16_case(conv, shape):
+    """A channels_last copy of ``conv`` on the fast path, a channels_last input of ``shape``, an
+    output gradient and the float64 reference (output, input and weight gradients)."""
+    torch.manual_seed(0)
+    x = torch.randn(shape)
+    grad = torch.randn(conv(x).shape, dtype=torch.float64)
+    reference = _forward_backward(copy.deepcopy(conv).double(), x.double(), grad)
+    fast = copy.deepcopy(conv).to(memory_format=torch.channels_last)
+    assert use_fast_depthwise(fast) == 1
+    return fast, x.contiguous(memory_format=torch.channels_last), grad, reference
+
+
 def _assert_bf16_training_matches(fast, x, grad, reference, backward_name):
     """``fast``'s bf16-autocast output and gradients on channels_last ``x`` against ``reference``
     (output, input and weight gradients in float64), through the backward named."""
@@ -184,14 +196,7 @@ def test_same_padded_depthwise_c_kernel_computes_only_the_gradients_asked_for():
 def test_undilated_depthwise_module_takes_the_c_kernel_in_bf16_only():
     """bfloat16 channels_last training: the C kernel's backward, against a float64 reference;
     float32 keeps oneDNN's (as fast there)."""
-    torch.manual_seed(0)
-    conv = nn.Conv2d(48, 48, 3, 1, 1, groups=48, bias=True)
-    x = torch.randn(2, 48, 16, 12)
-    grad = torch.randn(conv(x).shape, dtype=torch.float64)
-    reference = _forward_backward(copy.deepcopy(conv).double(), x.double(), grad)
-    fast = copy.deepcopy(conv).to(memory_format=torch.channels_last)
-    assert use_fast_depthwise(fast) == 1
-    x_cl = x.contiguous(memory_format=torch.channels_last)
+    fast, x_cl, grad, reference = _bf16_case(nn.Conv2d(48, 48, 3, 1, 1, groups=48, bias=True), (2, 48, 16, 12))
     assert type(fast(x_cl).grad_fn).__name__ == "ConvolutionBackward0"
     _assert_bf16_training_matches(fast, x_cl, grad, reference, "_SamePaddedDepthwiseBackward")
     torch.testing.assert_close(fast.bias.grad.double(), grad.sum((0, 2, 3)), rtol=2e-2, atol=2e-2)
@@ -200,16 +205,8 @@ def test_undilated_depthwise_module_takes_the_c_kernel_in_bf16_only():
 @needs_kernels
 def test_strided_depthwise_module_trains_through_the_c_kernels_in_bf16():
     """MobileNetV2's down-sampling depthwise convolution, against a float64 reference."""
-    torch.manual_seed(0)
-    conv = nn.Conv2d(96, 96, 3, 2, 1, groups=96, bias=False)
-    x = torch.randn(2, 96, 32, 24)
-    grad = torch.randn(conv(x).shape, dtype=torch.float64)
-    reference = _forward_backward(copy.deepcopy(conv).double(), x.double(), grad)
-    fast = copy.deepcopy(conv).to(memory_format=torch.channels_last)
-    use_fast_depthwise(fast)
-    _assert_bf16_training_matches(
-        fast, x.contiguous(memory_format=torch.channels_last), grad, reference, "_StridedDepthwiseBackward"
-    )
+    fast, x, grad, reference = _bf16_case(nn.Conv2d(96, 96, 3, 2, 1, groups=96, bias=False), (2, 96, 32, 24))
+    _assert_bf16_training_matches(fast, x, grad, reference, "_StridedDepthwiseBackward")
 
 
 @needs_kernels

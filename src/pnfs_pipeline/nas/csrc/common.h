@@ -44,6 +44,15 @@ static inline void store_row_f32(const float *restrict in, float *restrict out, 
     memcpy(out, in, (size_t)n * sizeof(float));
 }
 
+/* Adds float partial sums into their double totals and clears them (a float sum over a few rows
+ * keeps its precision; over a whole map it would not). */
+static inline void flush_sums(float *restrict sums, double *restrict total, int64_t n) {
+    for (int64_t e = 0; e < n; e++) {
+        total[e] += sums[e];
+        sums[e] = 0.f;
+    }
+}
+
 /* A depthwise weight gradient (C, taps) from the threads' double partial sums (thread, tap, C). */
 static inline void sum_weight_partials(const double *partial, int threads, int taps, int64_t C, float *grad_w) {
     for (int64_t c = 0; c < C; c++)

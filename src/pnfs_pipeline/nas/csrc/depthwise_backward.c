@@ -192,12 +192,8 @@ static void input_row_scalar(const float *const *g_rows, const float *by_tap, in
                             else weight_row_k5(g_row, near, W, C, c0, p, d, sums);              \
                         }                                                                       \
                         if (c0 < C) weight_row_scalar(g_row, near, k, W, C, c0, p, d, sums);   \
-                        if ((r - r0) % FLUSH_ROWS == FLUSH_ROWS - 1 || r == r1 - 1) {           \
-                            for (int64_t e = 0; e < (int64_t)taps * C; e++) {                   \
-                                total[e] += sums[e];                                            \
-                                sums[e] = 0.f;                                                  \
-                            }                                                                   \
-                        }                                                                       \
+                        if ((r - r0) % FLUSH_ROWS == FLUSH_ROWS - 1 || r == r1 - 1)             \
+                            flush_sums(sums, total, (int64_t)taps * C);                         \
                     }                                                                           \
                     if (grad_x) {                                                               \
                         for (int i = 0; i < k; i++)                                             \

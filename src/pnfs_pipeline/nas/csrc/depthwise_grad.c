@@ -103,12 +103,8 @@ static inline int64_t end_output(int64_t offset, int stride, int64_t W, int64_t 
                             }                                                                   \
                         }                                                                       \
                     }                                                                           \
-                    if ((r - r0) % FLUSH_OUTPUT_ROWS == FLUSH_OUTPUT_ROWS - 1 || r == r1 - 1) {  \
-                        for (int64_t e = 0; e < (int64_t)taps * C; e++) {                       \
-                            total[e] += sums[e];                                                \
-                            sums[e] = 0.f;                                                      \
-                        }                                                                       \
-                    }                                                                           \
+                    if ((r - r0) % FLUSH_OUTPUT_ROWS == FLUSH_OUTPUT_ROWS - 1 || r == r1 - 1)    \
+                        flush_sums(sums, total, (int64_t)taps * C);                             \
                 }                                                                               \
                 free(buffer);                                                                   \
             }                                                                                   \
