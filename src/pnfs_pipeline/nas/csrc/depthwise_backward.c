@@ -82,25 +82,7 @@ DEFINE_ROW_FETCH(float, f32)
                                       float *out) {                                             \
         vfloat w[K * K];                                                                        \
         for (int t = 0; t < K * K; t++) w[t] = vload(by_tap + t * C + c0);                      \
-        /* Four columns at a time: one column's K*K multiply-adds form a single dependency      \
-         * chain, which would leave the multiply-add units waiting on its latency. */           \
-        int64_t xi = 0;                                                                         \
-        for (; xi + 4 <= W; xi += 4) {                                                          \
-            vfloat a0 = (vfloat){0}, a1 = (vfloat){0}, a2 = (vfloat){0}, a3 = (vfloat){0};      \
-            for (int i = 0; i < K; i++)                                                         \
-                for (int j = 0; j < K; j++) {                                                   \
-                    const float *src = g_rows[i] + (xi + 2 * p - j * d) * C + c0;               \
-                    a0 += w[i * K + j] * vload(src);                                            \
-                    a1 += w[i * K + j] * vload(src + C);                                        \
-                    a2 += w[i * K + j] * vload(src + 2 * C);                                    \
-                    a3 += w[i * K + j] * vload(src + 3 * C);                                    \
-                }                                                                               \
-            vstore(out + xi * VLEN, a0);                                                        \
-            vstore(out + (xi + 1) * VLEN, a1);                                                  \
-            vstore(out + (xi + 2) * VLEN, a2);                                                  \
-            vstore(out + (xi + 3) * VLEN, a3);                                                  \
-        }                                                                                       \
-        for (; xi < W; xi++) {                                                                  \
+        for (int64_t xi = 0; xi < W; xi++) {                                                    \
             vfloat acc = (vfloat){0};                                                           \
             for (int i = 0; i < K; i++)                                                         \
                 for (int j = 0; j < K; j++)                                                     \
