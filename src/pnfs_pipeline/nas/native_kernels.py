@@ -3,11 +3,11 @@
 PyTorch's eager CPU kernels run one operation per pass over memory; a few places in the supernet's
 training step do better as one pass that PyTorch cannot fuse on the CPU (BatchNorm with its
 activation, a weighted sum's backward, depthwise-convolution gradients: both from one pass at
-stride 1, and at the strides and dilations oneDNN handles slowly). They are written in C and compiled with the system's C compiler (``$CC``,
-else ``cc``/``gcc``/``clang``; ``-O3 -march=native -fopenmp``, 512-bit vectors preferred on x86)
-into ``$PNFS_KERNEL_CACHE`` (default ``~/.cache/pnfs_pipeline/kernels``), one library per source,
-compiler and CPU, and loaded with ctypes. OpenMP links to the runtime PyTorch already loaded, so
-the kernels share its threads.
+stride 1, and at the strides and dilations oneDNN handles slowly). They are written in C and
+compiled with the system's C compiler (``$CC``, else ``cc``/``gcc``/``clang``; ``-O3 -march=native
+-fopenmp``, 512-bit vectors preferred on x86) into ``$PNFS_KERNEL_CACHE`` (default
+``~/.cache/pnfs_pipeline/kernels``), one library per source, compiler and CPU, and loaded with
+ctypes. OpenMP links to the runtime PyTorch already loaded, so the kernels share its threads.
 
 Without a compiler, or where the build fails, every caller runs PyTorch's own kernels and a
 warning says why; ``PNFS_NATIVE_KERNELS=0`` turns them off. Library code asks
