@@ -11,10 +11,13 @@ from pnfs_pipeline.data.detections import read_detection_records
 from pnfs_pipeline.data.records import BadInputError, BadRecordLog
 from pnfs_pipeline.data.sample_index import (
     build_sample_indexes,
+    ground_truth_for_evaluation,
     locate_raw_data,
     validate_raw_data,
 )
+from pnfs_pipeline.evaluation.coco_eval import evaluate_coco
 from pnfs_pipeline.keypoints import load_keypoint_spec
+from tests.conftest import write_coco_split
 
 COCO = load_keypoint_spec("coco")
 SAMPLE = SampleParams(input_size=(96, 128), heatmap_size=(24, 32))
@@ -41,6 +44,40 @@ def test_clean_dataset_gives_one_sample_per_person(coco_root):
     assert sample["center"] == pytest.approx([49.5, 59.5])
     assert sample["size"][0] / sample["size"][1] == pytest.approx(0.75)
     assert sample["size"][1] == pytest.approx(79 * 1.25)
+
+
+def test_limited_validation_keeps_whole_images_and_scores_only_them(coco_root):
+    path = write_coco_split(coco_root, "val2017", [11, 12, 13, 14])
+
+    def two_people_on_image_11(data):
+        second = dict(data["annotations"][0], id=111)
+        second["keypoints"] = [v + 5.0 if i % 3 < 2 else v for i, v in enumerate(second["keypoints"])]
+        data["annotations"].append(second)
+
+    _edit(path, two_people_on_image_11)
+    data = DataParams(source="coco", root=str(coco_root), max_val_samples=3)
+    validated = validate_raw_data(locate_raw_data(data), COCO, data, SAMPLE)
+    assert len(validated.records["val"]) == 5
+    indexes = build_sample_indexes(validated, COCO, data)
+    samples = indexes["val"]["samples"]
+    images = {s["image_id"] for s in samples}
+    # whole images only: every person of a kept image, and at most 3 people
+    assert len(samples) <= 3 and len(images) >= 1
+    assert sorted(s["record_id"] for s in samples) == sorted(
+        r["record_id"] for r in validated.records["val"] if r["image_id"] in images
+    )
+    truth = ground_truth_for_evaluation(validated, indexes["val"])
+    assert {image["id"] for image in truth["images"]} == images
+    assert {a["image_id"] for a in truth["annotations"]} == images
+    # perfect predictions for the sampled people score AP 1 (a partly sampled image would not)
+    results = [
+        {"image_id": s["image_id"], "category_id": 1, "score": 1.0, "keypoints": np.ravel(s["keypoints"]).tolist()}
+        for s in samples
+    ]
+    assert evaluate_coco(truth, results, np.asarray(COCO.sigmas))["AP"] == pytest.approx(1.0)
+    # unlimited: the whole split
+    full = ground_truth_for_evaluation(validated, build_sample_indexes(validated, COCO, DataParams(source="coco", root=str(coco_root)))["val"])
+    assert len(full["images"]) == 4 and len(full["annotations"]) == 5
 
 
 def test_crowd_and_zero_keypoint_people_are_not_training_samples(coco_root):

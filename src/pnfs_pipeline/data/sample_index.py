@@ -8,6 +8,7 @@ sets bad records aside, ``build_sample_indexes`` turns the rest into persisted t
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,12 +162,40 @@ def _limit(samples: list[PersonRecord], limit: int | None, seed: int) -> list[Pe
     return [samples[i] for i in keep]
 
 
+def _limit_by_image(samples: list[PersonRecord], limit: int | None, seed: int) -> list[PersonRecord]:
+    """Every person of whole images, taken in a seeded random order while the people stay within
+    ``limit`` (at least one image).
+
+    Evaluation scores every annotated person of the images it is given: an image sampled in part
+    would count its left-out people as misses (and lower AP), so validation is limited by image.
+    """
+    if limit is None or len(samples) <= limit:
+        return samples
+    people = Counter(s["image_id"] for s in samples)
+    order = np.random.default_rng(seed).permutation(sorted(people))
+    kept: set[int] = set()
+    total = 0
+    for image_id in order.tolist():
+        if kept and total + people[image_id] > limit:
+            continue
+        kept.add(image_id)
+        total += people[image_id]
+    return [s for s in samples if s["image_id"] in kept]
+
+
 def build_sample_indexes(
     validated: ValidatedData, spec: KeypointSpec, data: DataParams
 ) -> dict[str, dict[str, Any]]:
     """Sample indexes for training, validation (ground-truth boxes) and detected boxes."""
     train = _limit(validated.records["train"], data.max_train_samples, seed=0)
-    val = _limit(validated.records["val"], data.max_val_samples, seed=1)
+    val = _limit_by_image(validated.records["val"], data.max_val_samples, seed=1)
+    val_images = {s["image_id"] for s in val}
+    detections = [s for s in validated.records.get("val_detections", []) if s["image_id"] in val_images]
+    if len(val) < len(validated.records["val"]):
+        logger.info(
+            "data.max_val_samples=%d: %d validation people of %d whole images (evaluation scores those images only)",
+            data.max_val_samples, len(val), len(val_images),
+        )
     indexes = {
         "train": _index(f"{spec.name}-train", validated.image_roots["train"], spec, train),
         "val": _index(f"{spec.name}-val", validated.image_roots["val"], spec, val),
@@ -174,7 +203,7 @@ def build_sample_indexes(
             f"{spec.name}-val-detections",
             validated.image_roots["val"],
             spec,
-            validated.records.get("val_detections", []),
+            detections,
         ),
     }
     for name, index in indexes.items():
@@ -184,11 +213,24 @@ def build_sample_indexes(
     return indexes
 
 
-def ground_truth_for_evaluation(validated: ValidatedData) -> dict[str, Any]:
-    """The cleaned validation ground truth: COCO JSON, or MPII joints and head boxes."""
+def ground_truth_for_evaluation(
+    validated: ValidatedData, val_index: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The cleaned validation ground truth: COCO JSON, or MPII joints and head boxes.
+
+    With ``val_index`` (the validation sample index), only the images it samples: an index limited
+    by ``data.max_val_samples`` is scored against its own images, not the whole split.
+    """
+    records = validated.records["val"]
+    limited = val_index is not None and len(val_index["samples"]) < len(records)
     if validated.format == "coco":
-        return {"format": "coco", **validated.coco_splits["val"].to_coco_dict()}
-    return {"format": "mpii", "records": validated.records["val"]}
+        truth = validated.coco_splits["val"].to_coco_dict()
+        if limited:
+            kept = {s["image_id"] for s in val_index["samples"]}
+            truth["images"] = [image for image in truth["images"] if image["id"] in kept]
+            truth["annotations"] = [a for a in truth["annotations"] if a["image_id"] in kept]
+        return {"format": "coco", **truth}
+    return {"format": "mpii", "records": list(val_index["samples"]) if limited else records}
 
 
 def summarize_indexes(indexes: dict[str, dict[str, Any]], spec: KeypointSpec) -> dict[str, Any]:

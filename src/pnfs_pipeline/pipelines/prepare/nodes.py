@@ -73,7 +73,7 @@ def build_sample_indexes(
     data_params = parse_params(DataParams, data, "data")
     spec = load_keypoint_spec(data_params.keypoint_spec)
     indexes = sample_index.build_sample_indexes(validated, spec, data_params)
-    ground_truth = sample_index.ground_truth_for_evaluation(validated)
+    ground_truth = sample_index.ground_truth_for_evaluation(validated, indexes["val"])
     return indexes["train"], indexes["val"], indexes["val_detections"], ground_truth
 
 
