@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from pnfs_pipeline.config import DataParams, SampleParams
-from pnfs_pipeline.data.coco import read_coco_split
+from pnfs_pipeline.data.coco import image_is_readable, read_coco_split
+from pnfs_pipeline.data.dataset import read_rgb_image
 from pnfs_pipeline.data.detections import read_detection_records
 from pnfs_pipeline.data.records import BadInputError, BadRecordLog
 from pnfs_pipeline.data.sample_index import (
@@ -135,6 +136,30 @@ def test_missing_and_corrupt_images_are_bad_records(coco_root):
     assert reasons.count("corrupt image (cannot be decoded)") == 1
     assert sum("unknown or rejected image" in b.reason for b in validated.log.records) == 2
     assert len(validated.records["train"]) == 2
+
+
+def test_truncated_images_and_wrong_sizes_are_bad_records(coco_root):
+    image_dir = coco_root / "images" / "train2017"
+    whole = (image_dir / "000000000003.jpg").read_bytes()
+    # OpenCV decodes a truncated JPEG, greying the missing rows; the check must not pass it
+    (image_dir / "000000000003.jpg").write_bytes(whole[: len(whole) // 3])
+    _edit(coco_root / "annotations" / "person_keypoints_train2017.json", lambda d: d["images"][3].update(width=100))
+    validated = _validate(coco_root)
+    reasons = {b.record_id: b.reason for b in validated.log.records}
+    assert reasons["image 3"].startswith("corrupt image (cannot be decoded)")
+    assert reasons["image 4"].startswith("image is 128x128 pixels, the annotation file says 100x128")
+    assert sorted(r["image_id"] for r in validated.records["train"]) == [1, 2]
+
+
+def test_images_are_read_as_stored_without_exif_rotation(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees to display
+    Image.new("RGB", (80, 40), (200, 10, 10)).save(path, exif=exif)
+    assert read_rgb_image(path).shape == (40, 80, 3)
+    assert image_is_readable(path, "decode", (80, 40)) is None
 
 
 def test_malformed_json_names_the_file_and_position(coco_root):

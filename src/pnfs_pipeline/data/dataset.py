@@ -40,7 +40,9 @@ class ImageReadError(OSError):
 
 
 def read_rgb_image(path: Path) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    """The stored pixels as RGB. EXIF orientation is not applied: COCO-format annotations (and
+    the validation's size check) refer to the pixels as stored, as in the reference code."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if image is None:
         raise ImageReadError(f"{path}: image missing or corrupt")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
