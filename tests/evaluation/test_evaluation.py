@@ -158,6 +158,20 @@ def test_multi_scale_test_puts_a_keypoint_where_it_is_in_the_image(crop_scales):
     np.testing.assert_allclose(predictions["areas"], [box_area], rtol=1e-6)
 
 
+def test_no_people_to_predict_gives_empty_results_not_a_crash():
+    """A boxes file of ``[]`` (a detector that found nobody): empty, correctly shaped outputs."""
+    image = np.zeros((40, 30, 3), dtype=np.uint8)
+    sample = SampleParams(input_size=(48, 64), heatmap_size=(12, 16), sigma=1.0)
+    index = image_samples({"a.png": image}, [], COCO, sample.aspect_ratio, sample.box_padding)
+    dataset = TopDownDataset(index, sample, None, images={"a.png": image})
+    predictions = predict_dataset(_BrightnessAtStride(), dataset)
+    assert predictions["keypoints"].shape == (0, 17, 3) and predictions["scores"].shape == (0,)
+    results = coco_results(
+        predictions["keypoints"], predictions["scores"], predictions["areas"], predictions["image_ids"], np.asarray(COCO.sigmas)
+    )
+    assert results == []
+
+
 def test_crop_scale_resampling_reports_where_a_zoomed_crop_covers_the_box():
     heatmaps = torch.rand(2, 3, 24, 18)
     same, full = crop_scale_to_reference(heatmaps, 1.0)

@@ -98,7 +98,16 @@ def predict_dataset(
             outputs["image_ids"].append(batch["image_id"].numpy())
             outputs["indices"].append(batch["index"].numpy())
             progress.advance(task)
-    return {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in outputs.items()}
+    if not outputs["keypoints"]:  # no crops (e.g. a detector that found nobody): empty, shaped
+        num_keypoints = dataset.spec.num_keypoints
+        return {
+            "keypoints": np.zeros((0, num_keypoints, 3)),
+            "scores": np.zeros((0,)),
+            "areas": np.zeros((0,)),
+            "image_ids": np.zeros((0,), dtype=np.int64),
+            "indices": np.zeros((0,), dtype=np.int64),
+        }
+    return {k: np.concatenate(v) for k, v in outputs.items()}
 
 
 def _scaled_crops(dataset: TopDownDataset, scale: float) -> TopDownDataset:
