@@ -100,6 +100,8 @@ BAD_CASES = {
     "NaN or non-numeric keypoint coordinates": lambda d: d["annotations"][0]["keypoints"].__setitem__(0, float("nan")),
     "image referenced twice": lambda d: d["images"].append(dict(d["images"][1], id=99)),
     "visibility flags must be 0, 1 or 2": lambda d: d["annotations"][0]["keypoints"].__setitem__(2, 7),
+    "'image_id' must be an integer": lambda d: d["annotations"][0].update(image_id=[1]),
+    "negative area": lambda d: d["annotations"][0].update(area=-5.0),
 }
 
 
@@ -187,6 +189,7 @@ def test_detection_boxes_become_scored_crops(coco_root):
         {"image_id": 12, "category_id": 1, "bbox": [10, 10, 30, 60], "score": 0.1},
         {"image_id": 77, "category_id": 1, "bbox": [10, 10, 30, 60], "score": 0.9},
         {"image_id": 11, "category_id": 1, "bbox": [10, 10, float("nan"), 60], "score": 0.9},
+        {"image_id": [11], "category_id": 1, "bbox": [10, 10, 30, 60], "score": 0.9},
     ]
     path = coco_root / "dets.json"
     path.write_text(json.dumps(detections))
@@ -194,7 +197,7 @@ def test_detection_boxes_become_scored_crops(coco_root):
     records = read_detection_records(path, split, 17, 0.75, 1.25, 0.5, log)
     assert [r["score"] for r in records] == [0.9]
     assert records[0]["keypoints"] == [[0.0, 0.0, 0.0]] * 17
-    assert sorted(b.record_id for b in log.records) == ["2", "3"]
+    assert sorted(b.record_id for b in log.records) == ["2", "3", "4"]
 
 
 def test_mpii_reader_converts_matlab_coordinates(tmp_path):
@@ -208,13 +211,14 @@ def test_mpii_reader_converts_matlab_coordinates(tmp_path):
     joints = [[float(10 + i), float(20 + i)] for i in range(16)]
     entry = {"image": "a.jpg", "center": [101.0, 81.0], "scale": 0.5, "joints": joints, "joints_vis": [1] * 15 + [0]}
     bad = dict(entry, joints=joints[:15])
+    bad_flags = dict(entry, joints_vis=[None] * 16)
     for name in ("train.json", "valid.json"):
-        (root / "annot" / name).write_text(json.dumps([entry, bad]))
-    savemat(str(root / "annot" / "gt_valid.mat"), {"headboxes_src": np.array([[[11, 11], [21, 21]], [[31, 31], [41, 41]]], float)})
+        (root / "annot" / name).write_text(json.dumps([entry, bad, bad_flags]))
+    savemat(str(root / "annot" / "gt_valid.mat"), {"headboxes_src": np.array([[[11, 11, 11], [21, 21, 21]], [[31, 31, 31], [41, 41, 41]]], float)})
     data = DataParams(source="mpii", root=str(root), keypoint_spec="mpii")
     validated = validate_raw_data(locate_raw_data(data), load_keypoint_spec("mpii"), data, SampleParams(input_size=(64, 64), heatmap_size=(16, 16)))
     assert len(validated.records["val"]) == 1
-    assert [b.reason.split(":")[0] for b in validated.log.records] == ["wrong keypoint count"] * 2
+    assert [b.reason.split(":")[0] for b in validated.log.records] == ["wrong keypoint count", "joints_vis flags must be 0 or 1"] * 2
     record = validated.records["val"][0]
     assert record["keypoints"][0] == [9.0, 19.0, 2.0] and record["keypoints"][15] == [0.0, 0.0, 0.0]
     # Center goes 0-based and down by 15 * scale; the square box of side scale * 200 is padded x1.25.

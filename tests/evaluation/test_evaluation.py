@@ -4,6 +4,7 @@ import torch
 
 from pnfs_pipeline.config import EvaluateParams, ParameterError, SampleParams, parse_params
 from pnfs_pipeline.data.dataset import IMAGENET_MEAN, IMAGENET_STD, TopDownDataset
+from pnfs_pipeline.data.records import BadInputError
 from pnfs_pipeline.data.targets import gaussian_heatmaps
 from pnfs_pipeline.data.transforms import affine_points, crop_affine
 from pnfs_pipeline.evaluation.coco_eval import (
@@ -170,6 +171,20 @@ def test_no_people_to_predict_gives_empty_results_not_a_crash():
         predictions["keypoints"], predictions["scores"], predictions["areas"], predictions["image_ids"], np.asarray(COCO.sigmas)
     )
     assert results == []
+
+
+@pytest.mark.parametrize(
+    "box, message",
+    [
+        ({"file_name": ["a.png"], "bbox": [0, 0, 5, 5]}, "file_name .* is not among the images"),
+        ({"file_name": "b.png", "bbox": [0, 0, 5, 5]}, "file_name .* is not among the images"),
+        ({"file_name": "a.png", "bbox": [0, 0, 0, 5]}, "bbox must be .* with positive size"),
+    ],
+)
+def test_bad_boxes_name_the_file_and_record(box, message):
+    image = np.zeros((40, 30, 3), dtype=np.uint8)
+    with pytest.raises(BadInputError, match=rf"boxes.json \[record 1\]: {message}"):
+        image_samples({"a.png": image}, [{"file_name": "a.png", "bbox": [1, 1, 9, 9]}, box], COCO, 0.75, 1.25, "boxes.json")
 
 
 def test_crop_scale_resampling_reports_where_a_zoomed_crop_covers_the_box():

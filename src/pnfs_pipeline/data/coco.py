@@ -139,8 +139,11 @@ def _validate_images(
 def _annotation_problem(
     annotation: dict[str, Any], images: dict[int, dict[str, Any]], num_keypoints: int
 ) -> str | None:
-    if annotation.get("image_id") not in images:
-        return f"refers to unknown or rejected image {annotation.get('image_id')}"
+    image_id = annotation.get("image_id")
+    if not isinstance(image_id, int) or isinstance(image_id, bool):
+        return f"malformed record: 'image_id' must be an integer, got {image_id!r}"
+    if image_id not in images:
+        return f"refers to unknown or rejected image {image_id}"
     keypoints = annotation.get("keypoints")
     if not isinstance(keypoints, list):
         return "malformed record: 'keypoints' is not a list"
@@ -158,8 +161,11 @@ def _annotation_problem(
         return "malformed or NaN bbox"
     if bbox[2] <= 0 or bbox[3] <= 0:
         return f"zero or negative box size {bbox[2]}x{bbox[3]}"
-    if not all_finite([annotation.get("area", 0.0)]):
-        return "NaN area"
+    area = annotation.get("area", 0.0)
+    if not all_finite([area]):
+        return "NaN or non-numeric area"
+    if area < 0:
+        return f"negative area {area}"
     if annotation.get("iscrowd", 0) not in (0, 1):
         return "iscrowd must be 0 or 1"
     return None

@@ -43,7 +43,8 @@ def read_detection_records(
             continue
         if detection.get("category_id", 1) != 1:
             continue
-        image = split.images.get(detection.get("image_id"))
+        image_id = detection.get("image_id")
+        image = split.images.get(image_id) if isinstance(image_id, int) and not isinstance(image_id, bool) else None
         if image is None:
             log.add(file, position, f"refers to unknown or rejected image {detection.get('image_id')}")
             continue

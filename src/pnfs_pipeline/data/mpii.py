@@ -129,4 +129,6 @@ def _entry_problem(entry: object, num_keypoints: int) -> str | None:
     joints_vis = entry.get("joints_vis", [1] * num_keypoints)
     if not isinstance(joints_vis, list) or len(joints_vis) != num_keypoints:
         return f"joints_vis must list {num_keypoints} flags"
+    if not all_finite(joints_vis) or any(v not in (0, 1) for v in joints_vis):
+        return "joints_vis flags must be 0 or 1"
     return None

@@ -31,7 +31,7 @@ def image_samples(
     else:
         for position, box in enumerate(boxes):
             name = box.get("file_name") if isinstance(box, dict) else None
-            if name not in images:
+            if not isinstance(name, str) or name not in images:
                 raise BadInputError(f"{boxes_source} [record {position}]: file_name {name!r} is not among the images")
             bbox, score = box.get("bbox"), box.get("score", 1.0)
             if not isinstance(bbox, list) or len(bbox) != 4 or not all_finite(bbox + [score]) or bbox[2] <= 0 or bbox[3] <= 0:
