@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pnfs_pipeline.config import DataParams, SampleParams
-from pnfs_pipeline.data.coco import image_is_readable, read_coco_split
+from pnfs_pipeline.data.coco import clip_box, image_is_readable, read_coco_split
 from pnfs_pipeline.data.dataset import read_rgb_image
 from pnfs_pipeline.data.detections import read_detection_records
 from pnfs_pipeline.data.records import BadInputError, BadRecordLog
@@ -198,6 +198,20 @@ def test_detection_boxes_become_scored_crops(coco_root):
     assert [r["score"] for r in records] == [0.9]
     assert records[0]["keypoints"] == [[0.0, 0.0, 0.0]] * 17
     assert sorted(b.record_id for b in log.records) == ["2", "3", "4"]
+
+
+def test_boxes_crossing_the_border_are_cut_not_shifted(coco_root):
+    assert clip_box([-50.0, 10.0, 100.0, 80.0], 640, 480) == [0.0, 10.0, 49.0, 79.0]
+    assert clip_box([600.0, -20.0, 100.0, 60.0], 640, 480) == [600.0, 0.0, 39.0, 39.0]
+    assert clip_box([700.0, 10.0, 50.0, 50.0], 640, 480) is None
+    split = read_coco_split(
+        coco_root / "annotations" / "person_keypoints_val2017.json", coco_root / "images" / "val2017", 17, BadRecordLog()
+    )
+    path = coco_root / "dets.json"
+    # a detection cut by the left border keeps its own centre, as in the reference code
+    path.write_text(json.dumps([{"image_id": 11, "category_id": 1, "bbox": [-20.0, 10.0, 60.0, 80.0], "score": 0.9}]))
+    records = read_detection_records(path, split, 17, 0.75, 1.25, 0.0, BadRecordLog())
+    assert records[0]["center"] == pytest.approx([10.0, 50.0])
 
 
 def test_mpii_reader_converts_matlab_coordinates(tmp_path):

@@ -214,11 +214,16 @@ def read_coco_split(
 
 
 def clip_box(bbox: list[float], width: int, height: int) -> list[float] | None:
-    """Clip an [x, y, w, h] box to the image, as the top-down reference code does."""
+    """Clip an [x, y, w, h] box to the image's pixels; ``None`` when less than a pixel is left.
+
+    The reference code measures the clipped box's far edge from the clipped near edge, which
+    shifts a box that crosses the left or top border instead of cutting it; here the far edge is
+    the box's own (COCO's ground-truth boxes lie inside their images, where both agree).
+    """
     x, y, w, h = bbox
     x1, y1 = max(0.0, x), max(0.0, y)
-    x2 = min(width - 1.0, x1 + max(0.0, w - 1.0))
-    y2 = min(height - 1.0, y1 + max(0.0, h - 1.0))
+    x2 = min(width - 1.0, x + max(0.0, w - 1.0))
+    y2 = min(height - 1.0, y + max(0.0, h - 1.0))
     if x2 <= x1 or y2 <= y1:
         return None
     return [x1, y1, x2 - x1, y2 - y1]
@@ -235,7 +240,7 @@ def coco_person_records(
         image = split.images[annotation["image_id"]]
         box = clip_box(annotation["bbox"], image["width"], image["height"])
         if box is None:
-            log.add(split.annotation_file, annotation["id"], "box lies outside its image")
+            log.add(split.annotation_file, annotation["id"], "box lies outside its image or is under a pixel wide")
             continue
         center, size = box_to_center_size(box, aspect_ratio, padding)
         values = annotation["keypoints"]

@@ -58,10 +58,12 @@ def read_detection_records(
         if score < score_threshold:
             kept_below += 1
             continue
-        box = clip_box(bbox, image["width"], image["height"])
-        if box is None:
-            log.add(file, position, "box lies outside its image")
+        # The crop is the detector's box as it is (as in the reference code): clipping would move
+        # its centre and shrink it for people cut by the image border.
+        if clip_box(bbox, image["width"], image["height"]) is None:
+            log.add(file, position, "box lies outside its image or is under a pixel wide")
             continue
+        box = [float(v) for v in bbox]
         center, size = box_to_center_size(box, aspect_ratio, padding)
         records.append(
             PersonRecord(
