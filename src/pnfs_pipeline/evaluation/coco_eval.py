@@ -20,8 +20,9 @@ COCO_STAT_NAMES = ("AP", "AP .5", "AP .75", "AP (M)", "AP (L)", "AR", "AR .5", "
 def oks_matrix(keypoints: np.ndarray, areas: np.ndarray, sigmas: np.ndarray, vis_threshold: float | None = None) -> np.ndarray:
     """Pairwise object keypoint similarity ``(N, N)`` between predictions ``(N, K, 3)``.
 
-    As the reference OKS-NMS: the first argument of each pair is the reference, its area
-    normalises, and (with ``vis_threshold``) only keypoints of both above it count.
+    As the reference OKS-NMS, the mean of the pair's two areas normalises (so the matrix is
+    symmetric); with ``vis_threshold`` only keypoints above it in both predictions count (the
+    reference's ``list and list`` keeps only the second prediction's flags).
     """
     variances = (2.0 * np.asarray(sigmas)) ** 2
     xy = keypoints[..., :2]
