@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 from torch.utils.data import Dataset
@@ -102,9 +104,9 @@ def test_second_order_gradient_matches_the_exact_unrolled_gradient():
     assert any(not torch.allclose(f, e, rtol=1e-3) for f, e in zip(first_order, exact, strict=True))
 
 
-def _trainer(tmp_path, epochs, strategy="darts1", seed=0, device="cpu"):
+def _trainer(tmp_path, epochs, strategy="darts1", seed=0, device="cpu", **settings):
     model = tiny_supernet(seed)
-    config = TrainConfig(epochs=epochs, batch_size=4, lr=0.01, seed=seed, device=device)
+    config = TrainConfig(**{"epochs": epochs, "batch_size": 4, "lr": 0.01, "seed": seed, "device": device, **settings})
     return Trainer(
         model,
         RandomPoses(24, seed=3),
@@ -130,6 +132,26 @@ def test_resumed_search_ends_like_an_uninterrupted_one(tmp_path, strategy):
     for got, want in zip(resumed.model.arch_parameters(), expected, strict=True):
         torch.testing.assert_close(got.detach(), want, rtol=0, atol=0)
     assert [h["epoch"] for h in resumed.history] == [1, 2]
+
+
+def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path):
+    _trainer(tmp_path, epochs=1).fit()
+    with pytest.raises(ValueError, match=r"other settings \(train.lr: 0.01 -> 0.1\)"):
+        _trainer(tmp_path, epochs=2, lr=0.1).fit(resume=True)
+    # the machine's settings may change
+    resumed = _trainer(tmp_path, epochs=2, threads=1)
+    resumed.fit(resume=True)
+    assert [h["epoch"] for h in resumed.history] == [1, 2]
+
+
+def test_resumed_cosine_schedule_follows_the_new_number_of_epochs(tmp_path):
+    _trainer(tmp_path, epochs=2, scheduler="cosine", lr_min=0.0).fit()
+    resumed = _trainer(tmp_path, epochs=4, scheduler="cosine", lr_min=0.0)
+    resumed.resume_from(tmp_path / "last.pt")
+    # after two of four epochs the closed form is halfway, not the old schedule's end (0)
+    assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(0.005)
+    resumed.scheduler.step()
+    assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(0.01 * (1 + math.cos(math.pi * 3 / 4)) / 2)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

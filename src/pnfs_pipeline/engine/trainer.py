@@ -94,6 +94,40 @@ class TrainConfig:
             raise ValueError(f"nproc_per_node must be >= 1, got {self.nproc_per_node}")
 
 
+# Settings a run may continue with other values of: the machine's, and the number of epochs (a
+# longer run; a cosine schedule then follows the new length from the resumed epoch).
+RESUMABLE_SETTINGS = frozenset({"threads", "num_workers", "nproc_per_node", "device", "resume", "checkpoint_path", "epochs"})
+
+
+def config_differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
+    """``"key: saved -> current"`` for every setting that differs between two run configurations
+    (nested dicts compared key by key, tuples equal to lists), machine settings excepted."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        differences = []
+        for key in sorted(set(saved) | set(current), key=str):
+            if key in RESUMABLE_SETTINGS:
+                continue
+            name = f"{prefix}.{key}" if prefix else str(key)
+            differences += config_differences(saved.get(key, "(absent)"), current.get(key, "(absent)"), name)
+        return differences
+    if _as_lists(saved) == _as_lists(current):
+        return []
+    return [f"{prefix}: {_shortened(saved)} -> {_shortened(current)}"]
+
+
+def _as_lists(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _as_lists(item) for key, item in value.items()}
+    if isinstance(value, tuple | list):
+        return [_as_lists(item) for item in value]
+    return value
+
+
+def _shortened(value: Any, limit: int = 60) -> str:
+    text = repr(_as_lists(value))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' was asked for but no CUDA device is available")
@@ -215,6 +249,18 @@ class Trainer:
             return torch.optim.Adam(groups, lr=c.lr, weight_decay=c.weight_decay, fused=fused)
         return torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
 
+    def _stretch_cosine_schedule(self) -> None:
+        """A resumed cosine schedule over the current number of epochs: its learning rates set
+        to the closed form at the resumed epoch, which the scheduler's steps then continue."""
+        scheduler = self.scheduler
+        if not isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR) or scheduler.T_max == self.config.epochs:
+            return
+        scheduler.T_max = self.config.epochs
+        progress = math.cos(math.pi * scheduler.last_epoch / scheduler.T_max)
+        for group, base_lr in zip(self.optimizer.param_groups, scheduler.base_lrs, strict=True):
+            group["lr"] = scheduler.eta_min + (base_lr - scheduler.eta_min) * (1 + progress) / 2
+        scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
     def _make_scheduler(self) -> torch.optim.lr_scheduler.LRScheduler:
         c = self.config
         if c.scheduler == "cosine":
@@ -247,10 +293,20 @@ class Trainer:
         return state
 
     def resume_from(self, path: str | Path) -> None:
-        state = load_checkpoint(path, map_location=self.device)
+        # On the CPU: RNG states must stay CPU byte tensors; model and optimizer states are
+        # copied to their parameters' device by load_state_dict.
+        state = load_checkpoint(path, map_location="cpu")
+        differences = config_differences(state.get("config", {}), {"train": asdict(self.config), **self.run_config})
+        if differences:
+            shown = "; ".join(differences[:8]) + (f"; and {len(differences) - 8} more" if len(differences) > 8 else "")
+            raise ValueError(
+                f"cannot resume from {path}: it was trained with other settings ({shown}). "
+                "Restore them to continue that run, or set resume: false to start afresh."
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self._stretch_cosine_schedule()
         self.history = list(state["history"])
         self.start_epoch = int(state["epoch"]) + 1
         if self.strategy is not None and "strategy" in state:
