@@ -111,7 +111,7 @@ def search_provenance(epochs: int) -> dict[str, Any]:
 
     run = mlflow.active_run()
     return {
-        "finished_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "epochs": epochs,
         "mlflow_run_id": run.info.run_id if run else None,
     }
