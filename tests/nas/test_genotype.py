@@ -24,13 +24,15 @@ PARTS = {"upper": (0, 1), "lower": (2, 3)}
 OPERATORS = ("zero", "skip_connect", "sep_conv_3x3", "atr_conv_3x3")
 
 
-def supernet(share_alpha=False, depth=5, cut=2) -> PartSupernet:
+def supernet(share_alpha=False, depth=5, cut=2, size_types=(4, 8, 16, 32)) -> PartSupernet:
     torch.manual_seed(0)
     model = PartSupernet(
         build_backbone("tiny", width=4),
         PARTS,
         4,
-        FabricConfig(operators=OPERATORS, depth=depth, cut_layers_num=cut, factor=1, share_alpha=share_alpha),
+        FabricConfig(
+            operators=OPERATORS, depth=depth, cut_layers_num=cut, factor=1, share_alpha=share_alpha, size_types=size_types
+        ),
         HeadConfig(vector_in_pixel=True, vector_dim=2),
     )
     model.backbone_name, model.backbone_kwargs = "tiny", {"width": 4}
@@ -86,11 +88,27 @@ def one_hot_architecture(model: PartSupernet, seed: int = 0):
     return summary, ArchitectureWeights(alphas, betas, [None] * len(alphas))
 
 
-@pytest.mark.parametrize("rule", ["top1", "path", "threshold"])
-def test_one_hot_derived_network_with_inherited_weights_equals_the_supernet(rule):
-    model = supernet().eval()
+@pytest.mark.parametrize(
+    "rule, size_types",
+    [("top1", (4, 8, 16, 32)), ("path", (4, 8, 16, 32)), ("threshold", (4, 8, 16, 32)), ("path", (4, 8, 16)), ("path", (4, 8))],
+)
+def test_one_hot_derived_network_with_inherited_weights_equals_the_supernet(rule, size_types):
+    """Also for fabrics of fewer scales than the backbone has maps (they read the finest)."""
+    model = supernet(size_types=size_types).eval()
     summary, weights = one_hot_architecture(model)
     genotype = derive_genotype(summary, model.network_description(), rule=rule, threshold=0.5)
+    derived = DerivedNetwork(genotype).eval()
+    assert inherit_supernet_weights(derived, model.state_dict()) == len(derived.state_dict())
+    x = torch.randn(2, 3, 64, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(derived(x), model(x, weights), rtol=1e-5, atol=1e-6)
+
+
+def test_a_fabric_without_cut_layers_derives_and_equals_its_supernet():
+    """cut_layers_num 0: the fabric starts from the backbone's finest map alone."""
+    model = supernet(cut=0).eval()
+    summary, weights = one_hot_architecture(model)
+    genotype = derive_genotype(summary, model.network_description(), rule="path")
     derived = DerivedNetwork(genotype).eval()
     assert inherit_supernet_weights(derived, model.state_dict()) == len(derived.state_dict())
     x = torch.randn(2, 3, 64, 48)

@@ -152,7 +152,8 @@ class DerivedPart(nn.Module):
             )
         self.used_features = sorted(first_layer_sources)
         self.num_scales = len(channels)
-        adapt = backbone_channels != channels[: len(backbone_channels)]
+        count = min(len(backbone_channels), len(channels))
+        adapt = backbone_channels[:count] != channels[:count]
         self.adapters = nn.ModuleDict(
             {
                 str(s): nn.Conv2d(backbone_channels[s], channels[s], 1) if adapt else nn.Identity()

@@ -249,8 +249,8 @@ def validate_genotype(genotype: Any) -> dict[str, Any]:
         if not isinstance(network.get(name), kind) or isinstance(network.get(name), bool):
             raise GenotypeError(f"field 'network.{name}' must be a {kind.__name__}, got {network.get(name)!r}")
     grid = GridShape(network["depth"], len(network["channels"]), network["cut_layers_num"], network["input_count"])
-    if not 1 <= grid.cut_layers < grid.depth:
-        raise GenotypeError("field 'network.cut_layers_num' must be in [1, depth)")
+    if not 0 <= grid.cut_layers < grid.depth:
+        raise GenotypeError("field 'network.cut_layers_num' must be in [0, depth)")
     edges_per_cell = num_edges(network["hidden_states_num"], network["input_nodes_num"])
     parts = genotype.get("parts")
     if not isinstance(parts, dict) or not parts:

@@ -122,14 +122,15 @@ class PartBranch(nn.Module):
         super().__init__()
         self.keypoints = tuple(keypoints)
         channels = fabric.channels
-        count = len(backbone_channels)
-        if backbone_channels != channels[:count]:
+        # A fabric of fewer scales than the backbone has maps reads the finest ones.
+        count = min(len(backbone_channels), len(channels))
+        if backbone_channels[:count] != channels[:count]:
             # 1x1 convs adapt backbone widths to the fabric's, as the original's reduce convs.
             self.adapters = nn.ModuleList(
-                nn.Conv2d(cin, cout, 1) for cin, cout in zip(backbone_channels, channels, strict=False)
+                nn.Conv2d(cin, cout, 1) for cin, cout in zip(backbone_channels[:count], channels[:count], strict=True)
             )
         else:
-            self.adapters = nn.ModuleList(nn.Identity() for _ in backbone_channels)
+            self.adapters = nn.ModuleList(nn.Identity() for _ in range(count))
         self.fabric = CellFabric(
             channels,
             fabric.depth,
@@ -145,7 +146,7 @@ class PartBranch(nn.Module):
         # Adapted lazily: the fabric's first connections may read the backbone maps themselves.
         adapted = [
             AdaptedInput(f, adapt) if isinstance(adapt, nn.Conv2d) else adapt(f)
-            for adapt, f in zip(self.adapters, features, strict=True)
+            for adapt, f in zip(self.adapters, features[: len(self.adapters)], strict=True)
         ]
         if self.fabric.cut_layers == 0:
             adapted = adapted[:1]
