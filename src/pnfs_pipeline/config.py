@@ -16,6 +16,7 @@ from pydantic import (
     Field,
     PositiveFloat,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -119,11 +120,16 @@ class SampleParams(StrictModel):
         return value
 
     @model_validator(mode="after")
-    def _same_aspect(self) -> SampleParams:
+    def _stride_four(self) -> SampleParams:
         (iw, ih), (hw, hh) = self.input_size, self.heatmap_size
         if iw * hh != ih * hw:
             raise ValueError(
                 f"heatmap_size {self.heatmap_size} must have the aspect ratio of input_size {self.input_size}"
+            )
+        if (iw, ih) != (4 * hw, 4 * hh):
+            raise ValueError(
+                f"heatmap_size {self.heatmap_size} must be input_size {self.input_size} / 4: "
+                "the networks' heatmaps come from their stride-4 maps"
             )
         return self
 
@@ -169,6 +175,15 @@ class FabricParams(StrictModel):
             raise ValueError(f"cut_layers_num ({self.cut_layers_num}) must be below depth ({self.depth})")
         return self
 
+    @field_validator("size_types")
+    @classmethod
+    def _scales_fine_to_coarse(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value or min(value) < 1:
+            raise ValueError(f"needs one positive width multiple per fabric scale, got {list(value)}")
+        if list(value) != sorted(value):
+            raise ValueError(f"scales go from fine to coarse (non-decreasing widths), got {list(value)}")
+        return value
+
     @field_validator("operators")
     @classmethod
     def _known_operators(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -204,6 +219,22 @@ class ModelParams(StrictModel):
         if key not in BACKBONES:
             raise ValueError(f"unknown backbone {value!r}; valid: {sorted(BACKBONES)}")
         return key
+
+    @field_validator("backbone_kwargs")
+    @classmethod
+    def _backbone_takes_its_keywords(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        import inspect
+
+        from pnfs_pipeline.nas.backbones import BACKBONES
+
+        backbone = info.data.get("backbone")  # absent when the backbone itself failed validation
+        if backbone not in BACKBONES:
+            return value
+        accepted = inspect.signature(BACKBONES[backbone]).parameters
+        unknown = sorted(set(value) - set(accepted))
+        if unknown:
+            raise ValueError(f"{unknown} are not arguments of backbone {backbone!r} (it takes {sorted(accepted)})")
+        return value
 
 
 class StrategyParams(StrictModel):
@@ -248,6 +279,14 @@ class TrainerParams(StrictModel):
     nproc_per_node: int = Field(1, ge=1)  # > 1: local DistributedDataParallel workers
     heatmap_foreground_weight: float = Field(0.0, ge=0)  # 0: the paper's plain heatmap MSE
     ohkm_topk: int = Field(0, ge=0)  # > 0: online hard keypoint mining over the k hardest joints
+
+    @model_validator(mode="after")
+    def _batch_splits_over_the_workers(self) -> TrainerParams:
+        if self.batch_size % self.nproc_per_node:
+            raise ValueError(
+                f"batch_size {self.batch_size} (the global batch) must divide by nproc_per_node {self.nproc_per_node}"
+            )
+        return self
 
 
 class SearchParams(StrictModel):
@@ -325,3 +364,76 @@ class PredictParams(StrictModel):
 
     _dark_kernel_is_odd = field_validator("dark_kernel")(_odd_kernel)
     _crop_scales_valid = field_validator("crop_scales")(_crop_scales)
+
+
+# Every parameter group of conf/*/parameters_*.yml and its model: what a run checks up front.
+PARAMETER_GROUPS: dict[str, type[StrictModel]] = {
+    "data": DataParams,
+    "synthetic": SyntheticParams,
+    "sample": SampleParams,
+    "augmentation": AugmentationParams,
+    "preview": PreviewParams,
+    "model": ModelParams,
+    "search": SearchParams,
+    "derive": DeriveParams,
+    "retrain": RetrainParams,
+    "evaluate": EvaluateParams,
+    "predict": PredictParams,
+}
+
+
+def check_parameters(groups: dict[str, Any]) -> dict[str, StrictModel]:
+    """Validate the given parameter groups and how they fit together, reporting every problem
+    at once: a run then fails before its first node, not hours in, when a later group is wrong.
+
+    Cross-group checks: ``model.num_parts`` is a grouping of the keypoint spec
+    (``data.keypoint_spec``), the target-width overrides name its keypoints or parts, and online
+    hard keypoint mining keeps at most its keypoint count.
+    """
+    parsed: dict[str, StrictModel] = {}
+    problems: list[str] = []
+    for name, raw in groups.items():
+        if name not in PARAMETER_GROUPS:
+            continue
+        try:
+            parsed[name] = parse_params(PARAMETER_GROUPS[name], raw, name)
+        except ParameterError as error:
+            problems += str(error).splitlines()[1:]
+    if "data" in parsed:
+        problems += [f"  {line}" for line in _spec_problems(parsed)]
+    if problems:
+        raise ParameterError("invalid parameters:\n" + "\n".join(line if line.startswith("  ") else f"  {line}" for line in problems))
+    return parsed
+
+
+def _spec_problems(parsed: dict[str, Any]) -> list[str]:
+    from pnfs_pipeline.data.targets import keypoint_sigmas
+    from pnfs_pipeline.keypoints import load_keypoint_spec
+
+    try:
+        spec = load_keypoint_spec(parsed["data"].keypoint_spec)
+    except (OSError, ValueError) as error:
+        return [f"parameter 'data.keypoint_spec': {error}"]
+    problems = []
+    model = parsed.get("model")
+    if model is not None and model.num_parts not in spec.parts:
+        problems.append(
+            f"parameter 'model.num_parts': keypoint spec {spec.name!r} groups its keypoints into "
+            f"{sorted(spec.parts)} parts, not {model.num_parts}"
+        )
+    overrides = [("sample.keypoint_sigmas", getattr(parsed.get("sample"), "keypoint_sigmas", None))]
+    overrides.append(("retrain.keypoint_sigmas", getattr(parsed.get("retrain"), "keypoint_sigmas", None)))
+    for name, value in overrides:
+        if value:
+            try:
+                keypoint_sigmas(spec, 1.0, value, parameter=name)
+            except ValueError as error:
+                problems.append(f"parameter '{name}': {str(error).removeprefix(name + ': ')}")
+    for name in ("search", "retrain"):
+        trainer = getattr(parsed.get(name), "trainer", None)
+        if trainer is not None and trainer.ohkm_topk > spec.num_keypoints:
+            problems.append(
+                f"parameter '{name}.trainer.ohkm_topk': {trainer.ohkm_topk} is more than the "
+                f"{spec.num_keypoints} keypoints of spec {spec.name!r}"
+            )
+    return problems

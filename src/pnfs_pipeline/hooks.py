@@ -24,6 +24,27 @@ def lifecycle_pipelines() -> dict[str, Pipeline]:
     return built
 
 
+class ParameterCheckHooks:
+    """Validate every parameter group the pipeline reads before its first node runs.
+
+    Nodes validate their own groups too, but only when they run: a typo in ``derive`` would
+    otherwise surface after hours of search, with the search's outputs already written. First
+    among the project's checks: a wrong parameter is worth knowing before a missing input.
+    """
+
+    @hook_impl(tryfirst=True)
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Pipeline, catalog: Any) -> None:
+        from pnfs_pipeline.config import check_parameters
+
+        read = {name.split(":", 1)[1].split(".", 1)[0] for name in pipeline.inputs() if name.startswith("params:")}
+        if not read:
+            return
+        parameters = catalog.load("parameters")
+        # The keypoint spec (data's) is what cross-checks of the other groups need.
+        groups = {name: parameters[name] for name in sorted(read | {"data"}) if name in parameters}
+        check_parameters(groups)
+
+
 class MissingUpstreamError(RuntimeError):
     """A pipeline was run before the pipeline that produces its inputs."""
 

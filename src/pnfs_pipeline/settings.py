@@ -9,6 +9,6 @@ CONFIG_LOADER_ARGS = {
     "merge_strategy": {"parameters": "soft"},
 }
 
-from pnfs_pipeline.hooks import DistributedRankHooks, UpstreamCheckHooks  # noqa: E402
+from pnfs_pipeline.hooks import DistributedRankHooks, ParameterCheckHooks, UpstreamCheckHooks  # noqa: E402
 
-HOOKS = (UpstreamCheckHooks(), DistributedRankHooks())
+HOOKS = (ParameterCheckHooks(), UpstreamCheckHooks(), DistributedRankHooks())

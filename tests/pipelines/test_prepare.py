@@ -59,3 +59,21 @@ def test_unknown_parameter_fails_naming_it(kedro_project):
 
     with pytest.raises(ParameterError, match=r"parameter 'sample.sigmaa': Extra inputs are not permitted"):
         run_pipeline(kedro_project, "prepare", {"sample.sigmaa": 3})
+
+
+@pytest.mark.parametrize(
+    "pipeline, params, message",
+    [
+        ("derive", {"derive.rul": "path"}, r"parameter 'derive.rul': Extra inputs"),
+        ("search", {"model.num_parts": 2}, r"parameter 'model.num_parts': keypoint spec 'coco' groups .* not 2"),
+        ("search", {"sample.heatmap_size": [9, 12]}, r"parameter 'sample': .* must be input_size .* / 4"),
+        ("__default__", {"retrain.trainer.ohkm_topk": 40, "derive.threshold": 2}, r"(?s)derive.threshold.*retrain.trainer.ohkm_topk"),
+    ],
+)
+def test_every_parameter_group_is_checked_before_the_first_node(kedro_project, pipeline, params, message):
+    from pnfs_pipeline.config import ParameterError
+
+    with pytest.raises(ParameterError, match=message):
+        run_pipeline(kedro_project, pipeline, params)
+    data = kedro_project / "data"
+    assert not data.exists() or not any(p.is_file() for p in data.rglob("*"))  # nothing ran, nothing written

@@ -7,6 +7,7 @@ checkpoint of the same architecture, loaded non-strictly with a report of what d
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -151,12 +152,13 @@ class FabricBackbone(Backbone):
         return self.fabric([self.stem(x)], alpha, beta, last_layer=True)
 
 
+# Partials, not lambdas: their signatures say which backbone_kwargs each takes (config checks).
 BACKBONES = {
-    "mobilenet_v2": lambda **kw: TimmFeatures("mobilenetv2_100", **kw),
-    "resnet50": lambda **kw: TimmFeatures("resnet50", **kw),
-    "hrnet_w32": lambda **kw: HRNetStage3("hrnet_w32", **kw),
-    "fabric": lambda **kw: FabricBackbone(**kw),
-    "tiny": lambda **kw: TinyConvNet(**kw),
+    "mobilenet_v2": functools.partial(TimmFeatures, "mobilenetv2_100"),
+    "resnet50": functools.partial(TimmFeatures, "resnet50"),
+    "hrnet_w32": functools.partial(HRNetStage3, "hrnet_w32"),
+    "fabric": FabricBackbone,
+    "tiny": TinyConvNet,
 }
 BACKBONE_ALIASES = {"mobilenetv2": "mobilenet_v2", "resnet": "resnet50", "hrnet": "hrnet_w32", "meta_arch": "fabric"}
 
