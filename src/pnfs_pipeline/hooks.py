@@ -42,7 +42,24 @@ class ParameterCheckHooks:
         parameters = catalog.load("parameters")
         # The keypoint spec (data's) is what cross-checks of the other groups need.
         groups = {name: parameters[name] for name in sorted(read | {"data"}) if name in parameters}
-        check_parameters(groups)
+        parsed = check_parameters(groups)
+        if "evaluate" in parsed and parsed["evaluate"].checkpoint:
+            _evaluate_chosen_checkpoint(parsed["evaluate"].checkpoint, pipeline, catalog)
+
+
+def _evaluate_chosen_checkpoint(path: str, pipeline: Pipeline, catalog: Any) -> None:
+    """``evaluate.checkpoint`` scores that file: where evaluation is the only reader of the
+    retrained checkpoint, the file stands in for it, so no retrained model need exist."""
+    from pathlib import Path
+
+    from pnfs_pipeline.config import ParameterError
+    from pnfs_pipeline.datasets import CheckpointDataset
+
+    if not Path(path).is_file():
+        raise ParameterError(f"invalid parameters:\n  parameter 'evaluate.checkpoint': no file {path}")
+    readers = {node.name for node in pipeline.nodes if "retrained_checkpoint" in node.inputs}
+    if "retrained_checkpoint" in pipeline.inputs() and readers == {"predict_validation"}:
+        catalog["retrained_checkpoint"] = CheckpointDataset(filepath=path)
 
 
 class MissingUpstreamError(RuntimeError):

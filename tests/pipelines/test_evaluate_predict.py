@@ -3,6 +3,7 @@ import shutil
 
 import pytest
 
+from pnfs_pipeline.config import ParameterError
 from pnfs_pipeline.hooks import MissingUpstreamError
 from tests.pipelines.conftest import run_pipeline
 
@@ -44,6 +45,16 @@ def test_evaluate_and_predict_after_retrain(kedro_project):
     run_pipeline(kedro_project, "predict", {**FAST, "predict.boxes_file": "boxes.json"})
     predicted = json.loads((data / "07_model_output" / "predicted_keypoints.json").read_text())
     assert len(predicted) == 1 and predicted[0]["file_name"] == images[0].name
+
+    # evaluate.checkpoint scores any checkpoint file, with no retrained model in the catalog.
+    chosen = kedro_project / "elsewhere" / "model.pt"
+    chosen.parent.mkdir()
+    shutil.move(next((data / "06_models" / "retrained.pt").glob("*/retrained.pt")), chosen)
+    shutil.rmtree(data / "06_models" / "retrained.pt")
+    with pytest.raises(ParameterError, match=r"'evaluate.checkpoint': no file elsewhere/missing.pt"):
+        run_pipeline(kedro_project, "evaluate", {**FAST, "evaluate.checkpoint": "elsewhere/missing.pt"})
+    run_pipeline(kedro_project, "evaluate", {**FAST, "evaluate.checkpoint": "elsewhere/model.pt"})
+    assert json.loads((data / "08_reporting" / "evaluation_metrics.json").read_text())["checkpoint"] == "elsewhere/model.pt"
 
 
 def test_evaluate_before_a_model_exists_names_the_command(kedro_project):

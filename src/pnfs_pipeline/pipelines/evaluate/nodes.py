@@ -52,8 +52,17 @@ def predict_validation(
     return {
         "boxes": params.boxes,
         "source": params.checkpoint or "retrained_checkpoint",
+        "num_parts": _num_parts(checkpoint),
         **{key: value.tolist() for key, value in predictions.items()},
     }
+
+
+def _num_parts(checkpoint: dict[str, Any]) -> int | None:
+    """The body-part grouping the scored network was built with (per-part AP follows it)."""
+    config = checkpoint.get("config", {})
+    if isinstance(config.get("genotype"), dict):
+        return len(config["genotype"]["parts"])
+    return (config.get("model") or {}).get("num_parts")
 
 
 def score_predictions(
@@ -74,12 +83,13 @@ def score_predictions(
             arrays,
             val_ground_truth,
             spec,
-            (model or {}).get("num_parts"),
+            predictions.get("num_parts") or (model or {}).get("num_parts"),
             params.vis_threshold,
             params.nms,
             params.nms_threshold,
         )
     metrics["boxes"] = predictions["boxes"]
+    metrics["checkpoint"] = predictions.get("source", "retrained_checkpoint")
     metrics["flip_test"] = params.flip_test
     logger.info("evaluation (%s boxes): %s", predictions["boxes"], metrics["overall"])
     log_metrics(metrics["overall"], prefix="eval_")
