@@ -30,7 +30,11 @@ def test_search_runs_alone_on_a_fresh_project(kedro_project):
 
 def test_search_resumes_from_its_last_checkpoint(kedro_project):
     run_pipeline(kedro_project, "search", {"search.trainer.epochs": 1})
-    run_pipeline(kedro_project, "search", {"search.trainer.epochs": 2, "search.resume": True})
+    samples = kedro_project / "data" / "05_model_input" / "train_samples.json"
+    prepared = samples.stat().st_mtime_ns
+    # --from-nodes=search_architecture (README, real data): the persisted samples, no new prepare
+    run_pipeline(kedro_project, "search", {"search.trainer.epochs": 2, "search.resume": True}, from_nodes=["search_architecture"])
+    assert samples.stat().st_mtime_ns == prepared
     history = json.loads((kedro_project / "data" / "08_reporting" / "search_history.json").read_text())
     # The resumed run trained only epoch 2 and kept epoch 1's record.
     assert [h["epoch"] for h in history] == [1, 2]
