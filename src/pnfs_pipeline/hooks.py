@@ -73,7 +73,7 @@ class UpstreamCheckHooks:
     about a missing file rather than about the missing step.
     """
 
-    @hook_impl
+    @hook_impl(tryfirst=True)  # before kedro-mlflow opens a run, which would stay recorded FINISHED
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Pipeline, catalog: Any) -> None:
         missing = [
             name
@@ -98,14 +98,35 @@ class UpstreamCheckHooks:
         )
 
 
+def _rank() -> int:
+    import os
+
+    return int(os.environ.get("RANK", "0"))
+
+
 class DistributedRankHooks:
-    """In a torchrun job every rank runs the pipeline; only rank 0 may write catalog outputs."""
+    """In a torchrun job every rank runs the pipeline; only rank 0 may write catalog outputs and
+    MLflow runs."""
+
+    @hook_impl(tryfirst=True)
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Pipeline, catalog: Any) -> None:
+        if _rank() == 0:
+            return
+        # kedro-mlflow opens a run in its own before_pipeline_run unless the pipeline is in its
+        # disabled list; without a run, the project's metric logging does nothing either.
+        try:
+            from kedro_mlflow.framework.hooks.mlflow_hook import mlflow_hook
+
+            disabled = mlflow_hook.mlflow_config.tracking.disable_tracking
+        except (ImportError, AttributeError):
+            return
+        names = run_params.get("pipeline_names") or run_params.get("pipeline_name") or ["__default__"]
+        names = [names] if isinstance(names, str) else list(names)
+        disabled.pipelines = sorted(set(disabled.pipelines) | set(names))
 
     @hook_impl
     def after_catalog_created(self, catalog: Any) -> None:
-        import os
-
-        if int(os.environ.get("RANK", "0")) == 0:
+        if _rank() == 0:
             return
         for name in list(catalog.keys()):
             dataset = catalog.get(name)

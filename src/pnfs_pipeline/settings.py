@@ -11,4 +11,6 @@ CONFIG_LOADER_ARGS = {
 
 from pnfs_pipeline.hooks import DistributedRankHooks, ParameterCheckHooks, UpstreamCheckHooks  # noqa: E402
 
-HOOKS = (ParameterCheckHooks(), UpstreamCheckHooks(), DistributedRankHooks())
+# pluggy calls the last registered first: parameters, then inputs, then the rank's settings, all
+# before plugins such as kedro-mlflow (tryfirst).
+HOOKS = (DistributedRankHooks(), UpstreamCheckHooks(), ParameterCheckHooks())

@@ -1,9 +1,12 @@
 """MLflow runs of consecutive Kedro sessions in one process stay separate."""
 
+
 import mlflow
+import pytest
 from kedro.framework.session import KedroSession
 
-from tests.pipelines.conftest import tiny_runtime_params
+from pnfs_pipeline.hooks import MissingUpstreamError
+from tests.pipelines.conftest import run_pipeline, tiny_runtime_params
 
 
 def test_each_session_closes_its_mlflow_run(kedro_project):
@@ -20,3 +23,27 @@ def test_each_session_closes_its_mlflow_run(kedro_project):
         run_ids.append(runs.iloc[0]["run_id"])
         assert runs.iloc[0]["params.synthetic.num_val_images"] == str(num_val_images)
     assert run_ids[0] != run_ids[1]
+
+
+def _run_count() -> int:
+    # conf/base/mlflow.yml's store; MLflow keeps one engine per URI for the process, so the
+    # relative path means the first project's file in every test: compare counts, not totals.
+    mlflow.set_tracking_uri("sqlite:///mlflow.db")
+    return len(mlflow.search_runs(search_all_experiments=True))
+
+
+def test_a_run_stopped_before_its_first_node_leaves_no_mlflow_run(kedro_project):
+    before = _run_count()
+    with pytest.raises(MissingUpstreamError):
+        run_pipeline(kedro_project, "evaluate")
+    assert _run_count() == before  # not a FINISHED run with no metrics
+
+
+def test_only_rank_zero_opens_an_mlflow_run(kedro_project, monkeypatch):
+    before = _run_count()
+    run_pipeline(kedro_project, "prepare", {"synthetic.num_val_images": 3})
+    assert _run_count() == before + 1
+    # another rank of a torchrun job, running a node on the prepared data (README: multi-node)
+    monkeypatch.setenv("RANK", "1")
+    run_pipeline(kedro_project, "prepare", {"synthetic.num_val_images": 3}, node_names=["summarize_samples"])
+    assert _run_count() == before + 1
