@@ -257,3 +257,28 @@ def test_a_cell_reading_a_removed_cell_is_rejected():
     cells["cell_4_0"] = output
     with pytest.raises(GenotypeError, match="which is not a kept cell listed before it"):
         validate_genotype(genotype)
+
+
+def test_a_cell_no_path_to_the_output_reads_is_rejected():
+    genotype = _genotype()
+    cells = genotype["parts"]["upper"]["cells"]
+    grid = GridShape(5, 4, 2, 4)
+    spare = next(f"cell_2_{s}" for s in range(grid.layer_sizes[2]) if f"cell_2_{s}" not in cells)
+    output = cells.pop("cell_4_0")
+    cells[spare] = {"inputs": {"parallel": 1.0}, "ops": ["skip_connect"]}  # reads the backbone, read by none
+    cells["cell_4_0"] = output
+    with pytest.raises(GenotypeError, match=re.escape(f"cells.{spare}': no kept cell on a path to the output cell cell_4_0")):
+        validate_genotype(genotype)
+
+
+def test_a_hand_edited_op_outside_the_search_space_starts_fresh(caplog):
+    model = supernet().eval()
+    genotype = _genotype()
+    name, cell = next(iter(genotype["parts"]["upper"]["cells"].items()))
+    cell["ops"] = ["max_pool_3x3"]
+    derived = DerivedNetwork(genotype).eval()
+    with caplog.at_level("WARNING"):
+        copied = inherit_supernet_weights(derived, model.state_dict())
+    assert 0 < copied < len(derived.state_dict())
+    assert f"upper {name} edge 0: max_pool_3x3" in caplog.text
+    assert derived(torch.randn(1, 3, 64, 48)).shape == (1, 4, 16, 12)

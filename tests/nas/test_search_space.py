@@ -113,6 +113,9 @@ def test_shared_keypoints_are_summed_over_parts():
 @pytest.mark.parametrize("backbone", ["mobilenet_v2", "resnet50", "hrnet_w32", "fabric", "tiny"])
 def test_backbones_give_four_scales(backbone):
     net = build_backbone(backbone)
+    # building (which probes the widths) leaves BatchNorm untouched: no statistics, training mode
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert net.training and all(int(m.num_batches_tracked) == 0 for m in norms)
     features = net(torch.randn(1, 3, 64, 64))
     assert [f.shape[-1] for f in features] == [16, 8, 4, 2]
     assert [f.shape[1] for f in features] == net.channels

@@ -55,8 +55,11 @@ class HRNetStage3(Backbone):
             if hasattr(net, unused):
                 setattr(net, unused, None)
         self.net = net
+        # In eval mode: a training-mode probe would move BatchNorm's running statistics.
+        net.eval()
         with torch.no_grad():
             self.channels = [f.shape[1] for f in self.forward(torch.zeros(1, 3, 64, 64))]
+        net.train()
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         net = self.net

@@ -8,6 +8,7 @@ and inherited weights start where the search left them.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -28,6 +29,8 @@ from pnfs_pipeline.nas.ops import (
     scaled_forward,
 )
 from pnfs_pipeline.nas.supernet import HeadConfig, PartHead
+
+logger = logging.getLogger(__name__)
 
 
 class DerivedEdge(nn.Module):
@@ -133,6 +136,7 @@ class DerivedPart(nn.Module):
         info = genotype["parts"][part]
         self.keypoints = tuple(info["keypoints"])
         self.cut_layers = network["cut_layers_num"]
+        self.output_cell = (network["depth"] - 1, 0)
         self.order = list(info["cells"])
         self.cells = nn.ModuleDict()
         first_layer_sources: set[int] = set()
@@ -174,13 +178,12 @@ class DerivedPart(nn.Module):
         sizes = [tuple(f.shape[-2:]) for f in features]
         while len(sizes) < self.num_scales:
             sizes.append(tuple(-(-d // 2) for d in sizes[-1]))
-        last = None
         for name in self.order:
             layer, scale = parse_cell_name(name)
             cell = self.cells[name]
             previous = {s: outputs[(layer - 1, s)] for s in cell.source_scales}
-            last = outputs[(layer, scale)] = cell(previous, sizes[scale])
-        return self.head(last)
+            outputs[(layer, scale)] = cell(previous, sizes[scale])
+        return self.head(outputs[self.output_cell])
 
 
 class DerivedNetwork(nn.Module):
@@ -235,6 +238,7 @@ def inherit_supernet_weights(
     network = genotype["network"]
     grid = GridShape(network["depth"], len(network["channels"]), network["cut_layers_num"], network["input_count"])
     mapping: dict[str, str] = {}
+    fresh: set[str] = set()
     own = derived.state_dict()
     for key in own:
         if key.startswith("backbone."):
@@ -263,6 +267,9 @@ def inherit_supernet_weights(
                     edge, _, op_index, tail = rest[len("edges.") :].split(".", 3)
                     op_name = cell.edges[int(edge)].op_names[int(op_index)]
                     candidates = [canonical_op_name(o) for o in genotype["provenance"]["operators"]]
+                    if op_name not in candidates:  # a hand-edited op the supernet never had
+                        fresh.add(f"{derived.part_names[p]} {name} edge {edge}: {op_name}")
+                        continue
                     mapping[key] = f"{source_cell}edges.{edge}.ops.{candidates.index(op_name)}.{tail}"
                 else:
                     mapping[key] = source_cell + rest
@@ -277,6 +284,8 @@ def inherit_supernet_weights(
             raise ValueError(f"shape mismatch inheriting {key!r} from {source!r}")
         copied[key] = supernet_state[source]
     derived.load_state_dict(copied, strict=False)
+    if fresh:
+        logger.warning("ops outside the searched set start from fresh weights: %s", "; ".join(sorted(fresh)))
     return len(copied)
 
 

@@ -302,8 +302,21 @@ def validate_genotype(genotype: Any) -> dict[str, Any]:
                     except ValueError as error:
                         raise GenotypeError(f"field '{where}.cells.{name}.ops[{e}]': {error}") from None
             present.add(position)
-        if cell_name(*grid.output) not in cells:
-            raise GenotypeError(f"field '{where}.cells' must contain the output cell {cell_name(*grid.output)}")
+        output = cell_name(*grid.output)
+        if output not in cells:
+            raise GenotypeError(f"field '{where}.cells' must contain the output cell {output}")
+        # A cell reads only cells listed before it, so in reverse order every reader comes first.
+        reached = {grid.output}
+        for name in reversed(list(cells)):
+            layer, scale = parse_cell_name(name)
+            if (layer, scale) not in reached:
+                raise GenotypeError(
+                    f"field '{where}.cells.{name}': no kept cell on a path to the output cell {output} "
+                    "reads it (derive removes such cells)"
+                )
+            if layer > grid.cut_layers:
+                sources = grid.sources(layer, scale)
+                reached.update((layer - 1, sources[SLOT_NAMES.index(slot)]) for slot in cells[name]["inputs"])
     missing = sorted(set(range(network["num_keypoints"])) - covered)
     if missing:
         raise GenotypeError(f"field 'parts': keypoint(s) {missing} belong to no part")
