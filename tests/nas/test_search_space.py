@@ -144,8 +144,40 @@ def test_pretrained_weights_load_from_a_local_file_only(tmp_path):
     with pytest.raises(FileNotFoundError, match="no downloads"):
         build_backbone("tiny", pretrained_path=str(tmp_path / "missing.pt"))
     torch.save({"unrelated": torch.zeros(3)}, tmp_path / "wrong.pt")
-    with pytest.raises(ValueError, match="no tensor matches"):
+    with pytest.raises(ValueError, match="wrong.pt: 0 of the backbone's .* tensors match by name"):
         build_backbone("tiny", pretrained_path=str(tmp_path / "wrong.pt"))
+    # a file that matches only in part is refused, not loaded in part
+    partial = {k: v for k, v in source.state_dict().items() if not k.startswith("stem")}
+    torch.save(partial, tmp_path / "partial.pt")
+    with pytest.raises(ValueError, match="first missing: stem"):
+        build_backbone("tiny", width=4, pretrained_path=str(tmp_path / "partial.pt"))
+
+
+def test_torchvision_mobilenet_v2_weights_load_by_order(tmp_path):
+    """The ImageNet MobileNetV2 of torchvision (and of the original code) names its tensors
+    features.N...; timm's are conv_stem, blocks... The same network: its maps must come out."""
+    import torchvision
+
+    torch.manual_seed(0)
+    reference = torchvision.models.mobilenet_v2().eval()
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so a mix-up would show
+        for module in reference.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+    path = tmp_path / "mobilenet_v2.pth"
+    torch.save(reference.state_dict(), path)
+    backbone = build_backbone("mobilenet_v2", pretrained_path=str(path)).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ours = backbone(x)
+        maps, h = [], x
+        for index, layer in enumerate(reference.features[:18]):
+            h = layer(h)
+            if index in (3, 6, 13, 17):  # the last block at strides 4, 8, 16, 32
+                maps.append(h)
+    for got, want in zip(ours, maps, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize(

@@ -182,7 +182,15 @@ def build_backbone(
 
 
 def load_pretrained(backbone: nn.Module, path: str | Path) -> None:
-    """Load local weights non-strictly; fail when nothing at all matches (the wrong file)."""
+    """Load local pretrained weights into every tensor of ``backbone``, or fail saying why.
+
+    Tensors are matched by name (exactly, or by the name below the backbone's own wrapper, as
+    in a full timm model's file for its feature extractor). A file of the same architecture under
+    other names, such as torchvision's or the original PNFS code's MobileNetV2 (``features.0.0``
+    for timm's ``conv_stem``), is matched by order instead: its tensors, in the order they were
+    saved, must have the backbone's shapes one for one (what follows, e.g. a classifier, is left
+    out). A file that matches in neither way is refused rather than loaded in part.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"pretrained backbone weights {path} not found (no downloads here)")
@@ -190,14 +198,31 @@ def load_pretrained(backbone: nn.Module, path: str | Path) -> None:
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
-    own = backbone.state_dict()
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: not a state dict of tensors")
+    state = {k.removeprefix("module."): v for k, v in state.items()}  # DataParallel's saves
+    own = {k: v for k, v in backbone.state_dict().items() if not k.endswith("num_batches_tracked")}
     own_by_suffix = {k.split(".", 1)[-1]: k for k in own}
-    matched = {}
+    by_name = {}
     for key, tensor in state.items():
         target = key if key in own else own_by_suffix.get(key)
         if target is not None and own[target].shape == tensor.shape:
-            matched[target] = tensor
-    if not matched:
-        raise ValueError(f"{path}: no tensor matches the backbone's parameters (wrong file or architecture?)")
-    backbone.load_state_dict(matched, strict=False)
-    logger.info("loaded %d/%d backbone tensors from %s", len(matched), len(own), path)
+            by_name[target] = tensor
+    if len(by_name) == len(own):
+        backbone.load_state_dict(by_name, strict=False)
+        logger.info("loaded all %d backbone tensors from %s by name", len(own), path)
+        return
+    saved = [(k, v) for k, v in state.items() if not k.endswith("num_batches_tracked")]
+    if len(saved) >= len(own) and all(v.shape == t.shape for (_, v), t in zip(saved, own.values(), strict=False)):
+        backbone.load_state_dict({k: v for k, (_, v) in zip(own, saved, strict=False)}, strict=False)
+        logger.info(
+            "loaded all %d backbone tensors from %s by order (%s -> %s ... %s -> %s); %d of its tensors after them unused",
+            len(own), path, saved[0][0], next(iter(own)), saved[len(own) - 1][0], list(own)[-1], len(saved) - len(own),
+        )
+        return
+    missing = [k for k in own if k not in by_name]
+    raise ValueError(
+        f"{path}: {len(by_name)} of the backbone's {len(own)} tensors match by name (first missing: "
+        f"{missing[0]}) and its tensors do not follow the backbone's shapes in order either; "
+        "weights of another architecture?"
+    )
