@@ -282,3 +282,25 @@ def test_a_hand_edited_op_outside_the_search_space_starts_fresh(caplog):
     assert 0 < copied < len(derived.state_dict())
     assert f"upper {name} edge 0: max_pool_3x3" in caplog.text
     assert derived(torch.randn(1, 3, 64, 48)).shape == (1, 4, 16, 12)
+
+
+def test_a_searched_fabric_backbone_keeps_its_architecture_in_the_genotype(tmp_path):
+    torch.manual_seed(0)
+    model = PartSupernet(
+        build_backbone("fabric", factor=1),
+        PARTS,
+        4,
+        FabricConfig(operators=OPERATORS, depth=5, cut_layers_num=2, factor=1),
+        HeadConfig(vector_in_pixel=True, vector_dim=2),
+    )
+    model.backbone_name, model.backbone_kwargs = "fabric", {"factor": 1}
+    with torch.no_grad():
+        model.backbone.alphas.normal_()
+        model.backbone.betas.normal_()
+    genotype = derive_genotype(model.architecture_summary("sync"), model.network_description(), rule="top1")
+    path = tmp_path / "genotype.yml"
+    path.write_text(yaml.safe_dump(genotype, sort_keys=False))
+    derived = DerivedNetwork(validate_genotype(yaml.safe_load(path.read_text())))  # from the genotype alone
+    for name in ("alphas", "betas"):
+        torch.testing.assert_close(getattr(derived.backbone, name), getattr(model.backbone, name))
+        assert not getattr(derived.backbone, name).requires_grad  # fixed while retraining

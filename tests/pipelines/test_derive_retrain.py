@@ -41,6 +41,17 @@ def test_derive_and_retrain_after_search(kedro_project):
     history = json.loads((data / "08_reporting" / "retrain_history.json").read_text())
     assert len(history) == 1 and history[0]["val_loss"] > 0
 
+    # A hand-edited genotype (README): retrain from its node, so derive does not replace it.
+    versions = sorted((data / "07_model_output" / "genotype.yml").glob("*/genotype.yml"))
+    edited = yaml.safe_load(versions[-1].read_text())
+    cell = next(iter(edited["parts"]["head"]["cells"].values()))
+    cell["ops"] = ["max_pool_3x3"] * len(cell["ops"])
+    versions[-1].write_text(yaml.safe_dump(edited, sort_keys=False))
+    run_pipeline(kedro_project, "retrain", {**params, "retrain.keypoint_sigmas": None}, from_nodes=["retrain_network"])
+    assert sorted((data / "07_model_output" / "genotype.yml").glob("*/genotype.yml")) == versions
+    checkpoints = sorted((data / "06_models" / "retrained.pt").glob("*/retrained.pt"))
+    assert load_checkpoint(checkpoints[-1])["config"]["genotype"] == edited
+
 
 @pytest.mark.parametrize(("pipeline", "command"), [("derive", "search"), ("retrain", "search")])
 def test_running_too_early_names_the_command_to_run_first(kedro_project, pipeline, command):

@@ -4,6 +4,12 @@ Mixing in the supernet is scaled (3 x the beta-weighted input sum, n_ops x the a
 sum) so that uniform weights give plain sums. The derived network keeps those constant scales, so a
 genotype taken from one-hot architecture parameters computes exactly what the supernet computed,
 and inherited weights start where the search left them.
+
+That holds for cells of one input node (the seed's setting). With ``input_nodes_num: 2`` the
+supernet's second node reads the parallel slot's connection, which the genotype does not record:
+the derived cell reads its same-scale map where the genotype keeps it, else its mixed input, so
+a retrained network starts near the supernet's function rather than at it. (The original code
+never feeds a second node.)
 """
 
 from __future__ import annotations
@@ -17,7 +23,13 @@ from torch import nn
 
 from pnfs_pipeline.nas.backbones import build_backbone
 from pnfs_pipeline.nas.cell import NUM_SLOTS
-from pnfs_pipeline.nas.genotype import GridShape, kept_sources, parse_cell_name, validate_genotype
+from pnfs_pipeline.nas.genotype import (
+    GenotypeError,
+    GridShape,
+    kept_sources,
+    parse_cell_name,
+    validate_genotype,
+)
 from pnfs_pipeline.nas.ops import (
     AdaptedInput,
     UpsampleConnect,
@@ -197,6 +209,20 @@ class DerivedNetwork(nn.Module):
         self.backbone = backbone if backbone is not None else build_backbone(
             network["backbone"], **network.get("backbone_kwargs", {})
         )
+        searched = network.get("backbone_architecture")
+        if searched is not None and hasattr(self.backbone, "alphas"):
+            # A searchable backbone keeps the mixture the search found, fixed while retraining.
+            with torch.no_grad():
+                for name in ("alphas", "betas"):
+                    parameter = getattr(self.backbone, name)
+                    values = torch.as_tensor(searched[name], dtype=parameter.dtype)
+                    if values.shape != parameter.shape:
+                        raise GenotypeError(
+                            f"field 'network.backbone_architecture.{name}' has shape {tuple(values.shape)}, "
+                            f"the backbone's is {tuple(parameter.shape)}"
+                        )
+                    parameter.copy_(values)
+                    parameter.requires_grad_(False)
         self.part_names = list(genotype["parts"])
         self.parts = nn.ModuleList(DerivedPart(genotype, p, self.backbone.channels) for p in self.part_names)
         self.num_keypoints = network["num_keypoints"]

@@ -239,9 +239,10 @@ class PartSupernet(nn.Module):
         )
 
     def network_description(self) -> dict:
-        """What a genotype needs besides the architecture to rebuild the network."""
+        """What a genotype needs besides the architecture to rebuild the network (with a
+        searchable fabric backbone, also that backbone's searched architecture logits)."""
         fabric = self.parts[0].fabric
-        return {
+        description = {
             "backbone": getattr(self, "backbone_name", type(self.backbone).__name__),
             "backbone_kwargs": dict(getattr(self, "backbone_kwargs", {})),
             "channels": list(self.fabric_config.channels),
@@ -258,6 +259,12 @@ class PartSupernet(nn.Module):
                 "combine": self.head_config.combine,
             },
         }
+        if hasattr(self.backbone, "alphas"):
+            description["backbone_architecture"] = {
+                "alphas": self.backbone.alphas.detach().cpu().tolist(),
+                "betas": self.backbone.betas.detach().cpu().tolist(),
+            }
+        return description
 
     def architecture_summary(self, strategy: str) -> dict:
         """Readable architecture parameters: logits and softmax per part, with cell and op names."""
