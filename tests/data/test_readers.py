@@ -214,6 +214,21 @@ def test_boxes_crossing_the_border_are_cut_not_shifted(coco_root):
     assert records[0]["center"] == pytest.approx([10.0, 50.0])
 
 
+def test_detection_files_are_found_by_split_or_asked_for(coco_root):
+    folder = coco_root / "person_detection_results"
+    folder.mkdir()
+    boxes = json.dumps([{"image_id": 11, "category_id": 1, "bbox": [10, 10, 30, 60], "score": 0.9}])
+    (folder / "COCO_test-dev2017_detections.json").write_text("[]")
+    data = DataParams(source="coco", root=str(coco_root))
+    # one file: used whatever its name
+    assert locate_raw_data(data)["detections"].endswith("COCO_test-dev2017_detections.json")
+    (folder / "other_boxes.json").write_text(boxes)
+    with pytest.raises(FileNotFoundError, match="none of .* names the split 'val2017'; set data.detections_file"):
+        locate_raw_data(data)
+    (folder / "COCO_val2017_detections.json").write_text(boxes)
+    assert locate_raw_data(data)["detections"].endswith("COCO_val2017_detections.json")
+
+
 def test_mpii_reader_converts_matlab_coordinates(tmp_path):
     import cv2
     from scipy.io import savemat

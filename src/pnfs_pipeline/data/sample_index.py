@@ -81,8 +81,18 @@ def _find_detections(root: Path, data: DataParams) -> str | None:
             raise FileNotFoundError(f"data.detections_file {path} not found")
         return str(path)
     candidates = sorted((root / "person_detection_results").glob("*.json"))
-    val_candidates = [c for c in candidates if data.val_split in c.name] or candidates
-    return str(val_candidates[0]) if val_candidates else None
+    named = [c for c in candidates if data.val_split in c.name]
+    if named or len(candidates) <= 1:
+        chosen = (named or candidates or [None])[0]
+        if chosen is not None:
+            logger.info("person detections: %s", chosen)
+        return None if chosen is None else str(chosen)
+    # Several files and none names the split (e.g. only test-dev boxes): guessing would score
+    # the wrong split's boxes, every one a bad record.
+    raise FileNotFoundError(
+        f"{root / 'person_detection_results'}: none of {[c.name for c in candidates]} names the split "
+        f"{data.val_split!r}; set data.detections_file"
+    )
 
 
 @dataclass
