@@ -45,6 +45,13 @@ def test_evaluate_and_predict_after_retrain(kedro_project):
     run_pipeline(kedro_project, "predict", {**FAST, "predict.boxes_file": "boxes.json"})
     predicted = json.loads((data / "07_model_output" / "predicted_keypoints.json").read_text())
     assert len(predicted) == 1 and predicted[0]["file_name"] == images[0].name
+    # the overlays are this run's only
+    assert [o.stem for o in sorted((data / "08_reporting" / "predict_overlays").glob("*.png"))] == [images[0].stem]
+    # two images of one stem keep two overlays
+    shutil.copy(images[0], data / "01_raw" / "predict_images" / f"{images[0].stem}.png")
+    run_pipeline(kedro_project, "predict", FAST)
+    overlays = {o.stem for o in (data / "08_reporting" / "predict_overlays").glob("*.png")}
+    assert overlays == {f"{images[0].stem}_jpg", f"{images[0].stem}_png", images[1].stem}
 
     # evaluate.checkpoint scores any checkpoint file, with no retrained model in the catalog.
     chosen = kedro_project / "elsewhere" / "model.pt"

@@ -24,6 +24,12 @@ from pnfs_pipeline.viz.skeleton import plot_people_overlay
 logger = logging.getLogger(__name__)
 
 
+def _overlay_name(name: str, stems: list[str]) -> str:
+    """The image's stem, or stem and extension where two images share a stem (a.jpg, a.png)."""
+    path = Path(name)
+    return path.stem if stems.count(path.stem) == 1 else f"{path.stem}_{path.suffix.lstrip('.')}"
+
+
 def predict_images(
     images: dict[str, Callable[[], Any]], retrained_checkpoint: dict[str, Any], predict: dict[str, Any]
 ) -> tuple[list[dict[str, Any]], dict[str, Figure]]:
@@ -63,8 +69,9 @@ def predict_images(
             }
         )
         per_image.setdefault(record["image"], []).append(predictions["keypoints"][i])
+    stems = [Path(name).stem for name in loaded]
     overlays = {
-        Path(name).stem: plot_people_overlay(loaded[name], people, spec, name, params.vis_threshold)
+        _overlay_name(name, stems): plot_people_overlay(loaded[name], people, spec, name, params.vis_threshold)
         for name, people in per_image.items()
     }
     logger.info("predicted %d people in %d images", len(results), len(loaded))
