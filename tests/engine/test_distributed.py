@@ -120,3 +120,37 @@ def test_launched_workers_share_the_cores_when_threads_are_not_set():
 def test_a_dying_worker_fails_the_run_instead_of_hanging():
     with pytest.raises(DistributedRunError, match=r"rank 1: exit code"):
         run_training(_job(2, fail_at=5))
+
+
+def resume_with_this_ranks_path(payload: tuple) -> tuple[list[torch.Tensor], list[int]]:
+    """A worker whose checkpoint path is its own machine's: only rank 0's holds the file."""
+    from pnfs_pipeline.engine.distributed import init_from_env
+    from pnfs_pipeline.engine.trainer import _execute
+
+    job, paths = payload
+    context = init_from_env("cpu")
+    job.checkpoint_path = paths[context.rank]
+    try:
+        result = _execute(job, None, context)
+    finally:
+        torch.distributed.destroy_process_group()
+    return [t for part in result.final_state["architecture"].values() for t in part.values()], [h["epoch"] for h in result.history]
+
+
+@pytest.mark.slow
+def test_every_rank_resumes_from_rank_zeros_checkpoint(tmp_path):
+    """Across machines without a shared filesystem only rank 0 has the checkpoint it wrote."""
+    from pnfs_pipeline.engine.distributed import launch
+
+    first = _job(2)
+    first.checkpoint_path = tmp_path / "node0" / "last.pt"
+    run_training(first)
+    resumed = _job(2)
+    resumed.config = TrainConfig(**{**resumed.config.__dict__, "epochs": 2})
+    resumed.resume = True
+    paths = {0: tmp_path / "node0" / "last.pt", 1: tmp_path / "node1" / "last.pt"}
+    per_rank = launch(2, resume_with_this_ranks_path, (resumed, paths), all_ranks=True)
+    (arch0, epochs0), (arch1, epochs1) = per_rank[0], per_rank[1]
+    assert epochs0 == epochs1 == [1, 2]  # both continued after epoch 1
+    for a, b in zip(arch0, arch1, strict=True):
+        assert torch.equal(a, b)

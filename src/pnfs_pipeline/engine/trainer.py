@@ -295,7 +295,9 @@ class Trainer:
     def resume_from(self, path: str | Path) -> None:
         # On the CPU: RNG states must stay CPU byte tensors; model and optimizer states are
         # copied to their parameters' device by load_state_dict.
-        state = load_checkpoint(path, map_location="cpu")
+        self._restore(load_checkpoint(path, map_location="cpu"), path)
+
+    def _restore(self, state: dict[str, Any], path: str | Path) -> None:
         differences = config_differences(state.get("config", {}), {"train": asdict(self.config), **self.run_config})
         if differences:
             shown = "; ".join(differences[:8]) + (f"; and {len(differences) - 8} more" if len(differences) > 8 else "")
@@ -431,10 +433,26 @@ class Trainer:
         self.model.train()
         return total / max(count, 1)
 
+    def _checkpoint_to_resume(self) -> dict[str, Any] | None:
+        """The checkpoint state to resume from, the same on every rank: rank 0's.
+
+        Only rank 0 writes checkpoints, so across machines without a shared filesystem the other
+        ranks have no file (or an old one); each resuming on its own would desynchronise the
+        ranks' epochs and hang their collectives.
+        """
+        path = self.checkpoint_path
+        found = path is not None and path.is_file()
+        if not self.context.enabled:
+            return load_checkpoint(path, map_location="cpu") if found else None
+        payload = [load_checkpoint(path, map_location="cpu") if found and self.context.is_main else None]
+        torch.distributed.broadcast_object_list(payload, src=0, device=self.device if self.device.type == "cuda" else None)
+        return payload[0]
+
     def fit(self, resume: bool = False) -> TrainResult:
         if resume:
-            if self.checkpoint_path is not None and self.checkpoint_path.is_file():
-                self.resume_from(self.checkpoint_path)
+            state = self._checkpoint_to_resume()
+            if state is not None:
+                self._restore(state, self.checkpoint_path)
             else:
                 logger.warning("resume asked for, but no checkpoint at %s: starting afresh", self.checkpoint_path)
         progress = Progress(
