@@ -181,8 +181,13 @@ def test_non_finite_loss_stops_naming_epoch_and_step(tmp_path):
         return loss * float("nan") if calls["n"] > 8 else loss
 
     trainer.loss_fn = exploding
-    with pytest.raises(NonFiniteLossError, match=r"epoch 2, step \d+; last good checkpoint: .*last.pt"):
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2, step \d+; last good checkpoint: .*last.pt \(after epoch 1\)"):
         trainer.fit()
+    # in its first epoch a new run has no checkpoint, whatever an earlier run left at the path
+    fresh = _trainer(tmp_path, epochs=2, strategy="sync")
+    fresh.loss_fn = lambda pred, batch: joints_mse_loss(pred, batch) * float("nan")
+    with pytest.raises(NonFiniteLossError, match=r"epoch 1, step 1; no checkpoint of this run yet"):
+        fresh.fit()
     assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 0
 
 

@@ -233,6 +233,7 @@ class Trainer:
         self.optimizer = self._make_optimizer()
         self.scheduler = self._make_scheduler()
         self.start_epoch = 0
+        self.saved_epochs = 0  # epochs of this run that the checkpoint at checkpoint_path holds
         self.history: list[dict[str, Any]] = []
 
     # ---- construction ----------------------------------------------------------------------
@@ -310,7 +311,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self._stretch_cosine_schedule()
         self.history = list(state["history"])
-        self.start_epoch = int(state["epoch"]) + 1
+        self.start_epoch = self.saved_epochs = int(state["epoch"]) + 1
         if self.strategy is not None and "strategy" in state:
             self.strategy.generator.set_state(state["strategy"]["generator"])
             if self.strategy.arch_optimizer is not None and state["strategy"]["arch_optimizer"]:
@@ -381,7 +382,11 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss = self._forward_loss(batch, training=True)
             if not torch.isfinite(loss):
-                where = f"last good checkpoint: {self.checkpoint_path}" if self.checkpoint_path else "no checkpoint"
+                # Only this run's state counts: an earlier run's file at the same path is not ours.
+                if self.checkpoint_path is not None and self.saved_epochs:
+                    where = f"last good checkpoint: {self.checkpoint_path} (after epoch {self.saved_epochs})"
+                else:
+                    where = "no checkpoint of this run yet"
                 raise NonFiniteLossError(
                     f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step + 1}; {where}"
                 )
@@ -488,6 +493,7 @@ class Trainer:
                     )
                 if self.checkpoint_path is not None and self.context.is_main:
                     save_checkpoint(self.state_dict(epoch), self.checkpoint_path)
+                self.saved_epochs = epoch + 1
                 if self.on_epoch_end is not None and self.context.is_main:
                     self.on_epoch_end(epoch, metrics, self.model)
         extra = {}
