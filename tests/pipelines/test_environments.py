@@ -6,6 +6,7 @@ import pytest
 from kedro.config import OmegaConfigLoader
 
 from pnfs_pipeline.config import (
+    PARAMETER_GROUPS,
     AugmentationParams,
     DataParams,
     EvaluateParams,
@@ -13,6 +14,7 @@ from pnfs_pipeline.config import (
     RetrainParams,
     SampleParams,
     SearchParams,
+    check_parameters,
     parse_params,
 )
 from pnfs_pipeline.settings import CONFIG_LOADER_ARGS
@@ -43,5 +45,10 @@ def test_real_data_environment_has_the_seed_schedule(env, backbone):
     assert retrain.keypoint_sigmas is None and not parse_params(SampleParams, params["sample"], "sample").keypoint_sigmas
     # Real data decodes as the reference code does, so its scores compare with the paper's.
     assert parse_params(EvaluateParams, params["evaluate"], "evaluate").decode == "argmax"
+    # The original's sync search: architecture parameters at the weights' rate, no decay.
+    assert search.strategy.name == "sync"
+    assert (search.strategy.arch_lr, search.strategy.arch_weight_decay) == (search.trainer.lr, 0.0)
     # Keys the environment does not set still come from conf/base (soft merge).
-    assert search.strategy.name == params["search"]["strategy"]["name"] == "sync"
+    assert search.strategy.split_for_train == params["search"]["strategy"]["split_for_train"] == 2
+    # and the whole environment passes the up-front checks, cross-group ones included
+    check_parameters({name: params[name] for name in PARAMETER_GROUPS if name in params})

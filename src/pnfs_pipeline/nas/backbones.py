@@ -80,9 +80,11 @@ class HRNetStage3(Backbone):
 
 
 class TinyConvNet(Backbone):
-    """A small plain conv net for fast experiments and tests (not in the paper)."""
+    """A small plain conv net for fast experiments and tests (not in the paper); its default
+    width is the CPU default run's, so conf/base sets no backbone_kwargs that the real-data
+    environments would inherit through the soft merge."""
 
-    def __init__(self, width: int = 16) -> None:
+    def __init__(self, width: int = 32) -> None:
         super().__init__()
         self.channels = [width, width * 2, width * 4, width * 8]
 
