@@ -3,7 +3,10 @@
 A cell at scale ``s`` of layer ``j`` reads three *slots* of layer ``j-1``: the same-scale output
 (parallel), the finer one (above, downsampled) and the coarser one (below, upsampled). At the
 fabric's boundaries several slots name the same source; such a source is transformed once and
-its slot weights are added, since the input mix is linear before its ReLU.
+its slot weights are added, since the input mix is linear before its ReLU. Where that source
+needs a reduction or an upsampling, the original builds one connection per slot, each with
+weights of its own, so such cells have fewer parameters here; the seed's fabrics
+(MobileNetV2 CNFx3, HRNet-W32 CNFx5) have no such cell.
 
 Architecture weights must be non-negative (softmax or one-hot, as every search strategy gives
 them; :class:`PartSupernet` checks): an op that ends in BatchNorm (and ReLU) gets its weight folded
