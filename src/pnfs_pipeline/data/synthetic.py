@@ -48,7 +48,7 @@ from pycocotools import mask as mask_utils
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: face keypoints visible exactly where their marks are drawn
 """Bumped whenever the rendered output changes, so cached datasets get regenerated."""
 
 MANIFEST_NAME = "synthetic_manifest.json"
@@ -146,6 +146,9 @@ _KEYPOINT_PARTS: dict[str, tuple[str, ...]] = {
 }  # fmt: skip
 _TORSO_PARTS = frozenset({"shirt", "trousers", "neck"})
 _FACE_POINTS = ("nose", "l_eye", "r_eye", "mouth")
+# A face mark is drawn, and its keypoint can be visible, where it faces the camera at least this
+# much (one threshold for both, so labels never disagree with the pixels).
+_FACE_DRAWN_ABOVE = {"nose": -0.3, "l_eye": 0.1, "r_eye": 0.1, "mouth": 0.15}
 _EAR_POINTS = ("l_ear", "r_ear")
 _EAR_HIDDEN_BELOW = -0.25  # ears sit at the sides: seen from the front, hidden in far profile
 
@@ -607,7 +610,7 @@ def _body_groups(
     for ear in _EAR_POINTS:
         if normal_z[ear] > _EAR_HIDDEN_BELOW:
             head_layers.append(_Layer(_circle(p2[ear], ear_r), _scale_colour(s.skin, 0.9), outline))
-    if normal_z["nose"] > -0.3:
+    if normal_z["nose"] > _FACE_DRAWN_ABOVE["nose"]:
         nose_local = np.array(
             [(0.0, 0.05, 1.0), (0.0, -0.25, 1.14), (0.0, -0.35, 0.95), (0.16, -0.33, 0.95), (-0.16, -0.33, 0.95)]
         )
@@ -615,9 +618,9 @@ def _body_groups(
         head_layers.append(_Layer(_hull(project(nose3)), _scale_colour(s.skin, 0.86), outline))
     eye_r = max(0.6, 0.11 * s.head_half_width * hp)
     for eye in ("l_eye", "r_eye"):
-        if normal_z[eye] > 0.1:
+        if normal_z[eye] > _FACE_DRAWN_ABOVE[eye]:
             head_layers.append(_Layer(_circle(p2[eye], eye_r), (35, 30, 30), False))
-    if normal_z["mouth"] > 0.15:
+    if normal_z["mouth"] > _FACE_DRAWN_ABOVE["mouth"]:
         half = r_full @ np.array([0.28 * axes[0], 0.0, 0.0])
         m0 = project(p3["mouth"] - half)[0]
         m1 = project(p3["mouth"] + half)[0]
@@ -1026,7 +1029,7 @@ def visible_keypoints(person: ScenePerson, label: np.ndarray) -> np.ndarray:
         nz = model.normal_z.get(name, 1.0)
         if name in _FACE_POINTS and nz < -0.45:
             continue  # face seen from behind: COCO leaves it unlabelled
-        hidden_by_head = (name in _FACE_POINTS and nz < 0.05) or (
+        hidden_by_head = (name in _FACE_DRAWN_ABOVE and nz <= _FACE_DRAWN_ABOVE[name]) or (
             name in _EAR_POINTS and nz <= _EAR_HIDDEN_BELOW
         )
         top = int(label[int(round(y)), int(round(x))])
