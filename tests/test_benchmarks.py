@@ -13,7 +13,7 @@ def _report(training: dict) -> dict:
         "inference": {"derived/batch8/fp32": {"latency_ms": 100.0, "images_per_second": 80.0}},
         "scaling_fp32": {},
         "data_loader_samples_per_second": {"workers_0": 500.0},
-        "oks_nms_10k": {"baseline_seconds": 0.25, "optimised_seconds": 0.16},
+        "oks_nms_10k": {"detections": 10000, "kept": 4984, "baseline_seconds": 0.25, "optimised_seconds": 0.16},
         "coco_eval_10k": {"seconds": 2.0},
     }
 
@@ -43,3 +43,31 @@ def test_table_lists_each_round_only_when_there_were_several():
 def test_suite_refuses_no_rounds():
     with pytest.raises(ValueError, match="rounds must be at least 1, got 0"):
         run_suite(True, (32, 32), torch.device("cpu"), 1, rounds=0)
+
+
+def test_nms_benchmark_suppresses_repeated_detections_like_the_reference():
+    from pnfs_pipeline.benchmarks import oks_nms_benchmark
+
+    result = oks_nms_benchmark(400)
+    # 20 detections an image, 5 people detected 4 times each: NMS keeps between 5 and 20
+    assert result["detections"] == 400 and 100 <= result["kept"] < 400
+    assert "(" + str(result["kept"]) + " kept)" in format_table(_report({}) | {"oks_nms_10k": result})
+
+
+def test_inference_rows_leave_the_model_as_they_found_it():
+    from pnfs_pipeline.benchmarks import time_inference
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+    time_inference(model, (16, 16), 2, 1, torch.device("cpu"), optimised=True)
+    # the next fp32 baseline row must not run on channels_last weights
+    assert model[0].weight.is_contiguous()
+
+
+def test_an_allocator_the_suite_cannot_recognise_is_refused(tmp_path, capsys):
+    from pnfs_pipeline.benchmarks import main
+
+    library = tmp_path / "libmimalloc.so.2"
+    library.write_bytes(b"")
+    with pytest.raises(SystemExit):
+        main(["--allocator", str(library), "--quick"])
+    assert "measures tcmalloc or jemalloc libraries, not libmimalloc.so.2" in capsys.readouterr().err
