@@ -72,6 +72,28 @@ def test_two_workers_match_one_process_with_the_same_global_batch(strategy):
     assert double.history[0]["train_loss"] == pytest.approx(single.history[0]["train_loss"], rel=0.05)
 
 
+class PosesFarOffOnRankOne(RandomPoses):
+    """Targets 30x larger in the worker of rank 1: its losses dwarf rank 0's."""
+
+    def __getitem__(self, i):
+        sample = super().__getitem__(i)
+        if torch.distributed.is_initialized() and torch.distributed.get_rank() == 1:
+            sample = {**sample, "heatmaps": sample["heatmaps"] * 30.0}
+        return sample
+
+
+@pytest.mark.slow
+def test_the_architecture_loss_counts_every_workers_batches():
+    job = _job(2, "darts1")
+    job.train_dataset = PosesFarOffOnRankOne(32, seed=1)
+    baseline = _job(1, "darts1")
+    single = run_training(baseline).history[0]
+    double = run_training(job).history[0]
+    # rank 0's batches alone would give about the single process's figure; all of them, far more
+    assert double["arch_loss"] > 10 * single["arch_loss"]
+    assert double["train_loss"] > 10 * single["train_loss"]
+
+
 def architecture_on_this_rank(job: TrainingJob) -> list[torch.Tensor]:
     """A distributed worker that returns its own copy of the architecture parameters."""
     from pnfs_pipeline.engine.distributed import init_from_env

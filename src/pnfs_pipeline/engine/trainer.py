@@ -398,7 +398,8 @@ class Trainer:
             progress.update(task, advance=1, loss=total_loss / (step + 1), speed=speed)
         progress.remove_task(task)
         elapsed = time.perf_counter() - start
-        total_loss, images, elapsed, loss_terms = self._over_all_ranks(total_loss, images, elapsed, steps)
+        sums, elapsed = self._over_all_ranks([total_loss, float(images), float(steps), total_arch, float(arch_steps)], elapsed)
+        total_loss, images, loss_terms, total_arch, arch_steps = sums[0], int(sums[1]), sums[2], sums[3], int(sums[4])
         metrics = {
             "train_loss": total_loss / max(loss_terms, 1),
             "train_images": images,
@@ -410,16 +411,17 @@ class Trainer:
             metrics["arch_loss"] = total_arch / arch_steps
         return metrics
 
-    def _over_all_ranks(self, total_loss: float, images: int, elapsed: float, steps: int) -> tuple[float, int, float, int]:
-        """An epoch's loss sum, images, seconds and loss terms over every rank: each worker saw
-        its share of the global batches, so one rank's figures alone would undercount."""
+    def _over_all_ranks(self, sums: list[float], elapsed: float) -> tuple[list[float], float]:
+        """An epoch's sums (losses, images, loss terms ...) added over every rank, and its seconds
+        on the slowest: each worker saw its share of the global batches, so one rank's figures
+        alone would undercount. On the training device: NCCL reduces only CUDA tensors."""
         if not self.context.enabled:
-            return total_loss, images, elapsed, steps
-        sums = torch.tensor([total_loss, float(images), float(steps)], dtype=torch.float64)
-        torch.distributed.all_reduce(sums)
-        slowest = torch.tensor([elapsed], dtype=torch.float64)
+            return sums, elapsed
+        totals = torch.tensor(sums, dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(totals)
+        slowest = torch.tensor([elapsed], dtype=torch.float64, device=self.device)
         torch.distributed.all_reduce(slowest, op=torch.distributed.ReduceOp.MAX)
-        return sums[0].item(), int(sums[1].item()), slowest.item(), int(sums[2].item())
+        return totals.tolist(), slowest.item()
 
     @torch.no_grad()
     def validation_loss(self, weights=None, max_batches: int | None = None) -> float:
