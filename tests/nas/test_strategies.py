@@ -6,7 +6,7 @@ from torch.utils.data import Dataset
 
 from pnfs_pipeline.engine.checkpoint import load_checkpoint
 from pnfs_pipeline.engine.loss import joints_mse_loss
-from pnfs_pipeline.engine.trainer import NonFiniteLossError, TrainConfig, Trainer
+from pnfs_pipeline.engine.trainer import NonFiniteLossError, TrainConfig, Trainer, split_for_bilevel
 from pnfs_pipeline.nas.backbones import build_backbone
 from pnfs_pipeline.nas.strategies import (
     STRATEGIES,
@@ -191,10 +191,30 @@ def test_non_finite_loss_stops_naming_epoch_and_step(tmp_path):
     assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 0
 
 
+class _Recorded(RandomPoses):
+    """Remembers which samples were read."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.read: set[int] = set()
+
+    def __getitem__(self, i):
+        self.read.add(int(i))
+        return super().__getitem__(i)
+
+
 def test_random_search_picks_a_discrete_architecture(tmp_path):
-    trainer = _trainer(tmp_path, epochs=1, strategy="random")
+    trainer = _trainer(tmp_path, epochs=1, strategy="random", val_max_batches=1)
+    train, val = _Recorded(24, seed=3), _Recorded(8, seed=4)
+    trainer.train_dataset, trainer.arch_dataset = split_for_bilevel(train, 2, 1)
+    trainer.val_dataset = val
     result = trainer.fit()
     assert len(result.extra["finalize"]["candidate_losses"]) == 8
+    # candidates are scored on the held-out third of the training set, all of it; the validation
+    # set (evaluation's) only gives the epoch's val_loss, within val_max_batches
+    assert train.read == set(range(24)) and val.read <= set(range(8))
+    # the trainer makes that split itself for random search
+    assert len(_trainer(tmp_path, epochs=1, strategy="random").arch_dataset) == 8
     for alpha in trainer.model.arch_alphas:
         assert torch.softmax(alpha, -1).max(-1).values.min() > 0.99
 

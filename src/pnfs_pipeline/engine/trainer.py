@@ -220,7 +220,10 @@ class Trainer:
             )
         self.train_dataset, self.val_dataset = train_dataset, val_dataset
         self.arch_dataset = None
-        if self.strategy is not None and self.strategy.config.bilevel:
+        # Bilevel strategies train the architecture on a held-out part of the training set;
+        # random search picks its architecture there (the validation set is the one evaluation
+        # reports on, so choosing on it would leak the test into the search).
+        if self.strategy is not None and (self.strategy.config.bilevel or self.strategy.config.name == "random"):
             self.train_dataset, self.arch_dataset = split_for_bilevel(
                 train_dataset, self.strategy.config.split_for_train, self.strategy.config.split_for_arch
             )
@@ -357,7 +360,7 @@ class Trainer:
         _set_epoch(self.train_dataset, epoch)
         loader = self._loader(self.train_dataset, epoch, True, c.batch_size)
         arch_iter = None
-        if self.arch_dataset is not None:
+        if self.arch_dataset is not None and self.strategy.config.bilevel:
             share = self.strategy.config
             arch_batch_size = max(1, c.batch_size * share.split_for_arch // share.split_for_train)
             workers = self.context.world_size
@@ -424,11 +427,13 @@ class Trainer:
         return totals.tolist(), slowest.item()
 
     @torch.no_grad()
-    def validation_loss(self, weights=None, max_batches: int | None = None) -> float:
+    def validation_loss(self, weights=None, max_batches: int | None = None, dataset: Dataset | None = None) -> float:
+        """Mean loss on the validation set (at most ``val_max_batches``), or on every sample of
+        ``dataset``."""
         self.model.eval()
-        loader = self._loader(self.val_dataset, 0, False, self.config.batch_size)
+        loader = self._loader(dataset if dataset is not None else self.val_dataset, 0, False, self.config.batch_size)
         total, count = 0.0, 0
-        limit = max_batches if max_batches is not None else self.config.val_max_batches
+        limit = max_batches if max_batches is not None or dataset is not None else self.config.val_max_batches
         for step, batch in enumerate(loader):
             if limit is not None and step >= limit:
                 break
@@ -500,7 +505,7 @@ class Trainer:
                     self.on_epoch_end(epoch, metrics, self.model)
         extra = {}
         if self.strategy is not None:
-            final = self.strategy.finalize(lambda w: self.validation_loss(w))
+            final = self.strategy.finalize(lambda w: self.validation_loss(w, dataset=self.arch_dataset))
             if final:
                 extra["finalize"] = final
         return TrainResult(self.history, self.state_dict(self.config.epochs - 1), extra)

@@ -2,8 +2,8 @@
 
 - ``none``: uniform mixtures, architecture frozen (plain supernet training).
 - ``random``: a random discrete architecture per step, weights shared; at the end the best of
-  several sampled architectures on held-out data becomes the result (random search with weight
-  sharing).
+  several sampled architectures on a held-out part of the training set (the bilevel strategies'
+  split) becomes the result (random search with weight sharing).
 - ``sync``: architecture parameters trained by the weight optimizer on the same batches (the
   PNFS paper's setting).
 - ``darts1`` / ``darts2``: bilevel optimisation on a 2:1 split of the training set, first order or
@@ -203,7 +203,7 @@ class SearchStrategy:
         for part, (ops, slots) in enumerate(best):
             self.model.arch_alphas[part].copy_(one_hot_logits(ops, self.model.arch_alphas[part].shape[-1]))
             self.model.arch_betas[part].copy_(one_hot_logits(slots, self.model.arch_betas[part].shape[-1]))
-        logger.info("random search: best of %d sampled architectures has val loss %.6f", len(losses), best_loss)
+        logger.info("random search: best of %d sampled architectures has held-out loss %.6f", len(losses), best_loss)
         return {"candidate_losses": losses, "best_loss": best_loss}
 
 
