@@ -191,6 +191,22 @@ def test_non_finite_loss_stops_naming_epoch_and_step(tmp_path):
     assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 0
 
 
+@pytest.mark.parametrize("strategy", ["sync", "darts1"])
+def test_architecture_stays_put_during_warmup_epochs(tmp_path, strategy):
+    model = tiny_supernet(0)
+    trainer = Trainer(
+        model, RandomPoses(24, seed=3), RandomPoses(8, seed=4),
+        TrainConfig(epochs=2, batch_size=4, lr=0.01, device="cpu"),
+        strategy_factory=lambda m, e: SearchStrategy(m, StrategyConfig(name=strategy, arch_warmup_epochs=1), e),
+    )
+    moved = []
+    trainer.on_epoch_end = lambda epoch, metrics, m: moved.append(
+        float(sum(p.detach().abs().sum() for p in m.arch_parameters()))
+    )
+    trainer.fit()
+    assert moved[0] == 0.0 and moved[1] > 0.0  # still at zero after the warm-up epoch, then trained
+
+
 class _Recorded(RandomPoses):
     """Remembers which samples were read."""
 

@@ -394,6 +394,8 @@ class Trainer:
                     f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step + 1}; {where}"
                 )
             loss.backward()
+            if self.strategy is not None:
+                self.strategy.hold_architecture_in_warmup()
             self.optimizer.step()
             total_loss += loss.item()
             images += batch["image"].shape[0]

@@ -107,6 +107,14 @@ class SearchStrategy:
                            "weight_decay": self.config.arch_weight_decay, "name": "architecture"})
         return groups
 
+    def hold_architecture_in_warmup(self) -> None:
+        """Before the weight optimizer's step: in ``sync``'s warm-up epochs the architecture
+        parameters (in that optimizer) get no gradient, so it leaves them as they are, as the
+        bilevel strategies' warm-up does."""
+        if self.config.name == "sync" and self.epoch < self.config.arch_warmup_epochs:
+            for parameter in self.model.arch_parameters():
+                parameter.grad = None
+
     # ---- architecture weights for a forward pass ---------------------------------------------
     @property
     def gumbel_tau(self) -> float:
