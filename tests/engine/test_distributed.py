@@ -176,3 +176,53 @@ def test_every_rank_resumes_from_rank_zeros_checkpoint(tmp_path):
     assert epochs0 == epochs1 == [1, 2]  # both continued after epoch 1
     for a, b in zip(arch0, arch1, strict=True):
         assert torch.equal(a, b)
+
+
+def darts2_gradient_on_this_half(payload: tuple) -> list[torch.Tensor]:
+    """A worker's second-order architecture gradient on its half of the batches, averaged."""
+    from pnfs_pipeline.engine.distributed import all_reduce_mean, init_from_env
+    from pnfs_pipeline.engine.loss import joints_mse_loss
+    from pnfs_pipeline.nas.strategies import unrolled_arch_gradient
+
+    train_batch, arch_batch = payload
+    context = init_from_env("cpu")
+    try:
+        half = slice(4 * context.rank, 4 * context.rank + 4)
+        model = _darts2_model()
+        unrolled_arch_gradient(
+            model, {k: v[half] for k, v in train_batch.items()}, {k: v[half] for k, v in arch_batch.items()},
+            joints_mse_loss, xi=0.5, sync=lambda grads: all_reduce_mean(grads, context),
+        )
+        grads = [p.grad for p in model.arch_parameters()]
+        all_reduce_mean(grads, context)
+    finally:
+        torch.distributed.destroy_process_group()
+    return grads
+
+
+def _darts2_model() -> PartSupernet:
+    torch.manual_seed(0)
+    model = tiny_supernet().double().eval()  # eval: BatchNorm does not depend on the batch
+    with torch.no_grad():
+        for p in model.arch_parameters():
+            p.normal_()
+    return model
+
+
+@pytest.mark.slow
+def test_darts2_over_two_workers_is_the_single_process_gradient():
+    from pnfs_pipeline.engine.distributed import launch
+    from pnfs_pipeline.engine.loss import joints_mse_loss
+    from pnfs_pipeline.nas.strategies import unrolled_arch_gradient
+
+    def batch(seed):
+        data = RandomPoses(8, seed=seed)
+        return {"image": data.images.double(), "heatmaps": data.maps.double(), "target_weight": torch.ones(8, 4, dtype=torch.float64)}
+
+    train_batch, arch_batch = batch(1), batch(2)
+    model = _darts2_model()
+    unrolled_arch_gradient(model, train_batch, arch_batch, joints_mse_loss, xi=0.5)
+    single = [p.grad for p in model.arch_parameters()]
+    per_rank = launch(2, darts2_gradient_on_this_half, (train_batch, arch_batch), all_ranks=True)
+    for got, want in zip(per_rank[0], single, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-9)

@@ -181,7 +181,7 @@ class SearchStrategy:
         assert self.arch_optimizer is not None
         self.arch_optimizer.zero_grad(set_to_none=True)
         if self.config.name == "darts2":
-            loss = unrolled_arch_gradient(self.model, train_batch, arch_batch, loss_fn, weight_lr)
+            loss = unrolled_arch_gradient(self.model, train_batch, arch_batch, loss_fn, weight_lr, sync=self.sync_gradients)
         else:
             weights = self.forward_weights(training=True)
             loss = loss_fn(self.model(arch_batch["image"], weights), arch_batch)
@@ -222,12 +222,18 @@ def unrolled_arch_gradient(
     loss_fn: LossFn,
     xi: float,
     radius: float = 0.01,
+    sync: Callable[[list[torch.Tensor]], None] | None = None,
 ) -> torch.Tensor:
     """DARTS' second-order architecture gradient, written into the arch parameters' ``.grad``.
 
     w' = w - xi * dL_train/dw;  g = dL_val(w', a)/da - xi * H v  with  v = dL_val(w', a)/dw' and
     H v ~ (dL_train(w + eps v, a)/da - dL_train(w - eps v, a)/da) / (2 eps), eps = radius / |v|.
     Weights are swapped in with ``torch.func.functional_call``: no model copies.
+
+    ``sync`` averages gradients over distributed workers in place: each worker holds a slice of
+    the global batches, so dL_train/dw (for w') and v are averaged before use, and the result is
+    the gradient one process computes on the global batches (architecture gradients are averaged
+    by the caller, as for every strategy).
     """
     arch = model.arch_parameters()
     arch_ids = {id(p) for p in arch}
@@ -243,10 +249,14 @@ def unrolled_arch_gradient(
 
     w = {n: weights[n] for n in names}
     train_loss = loss_at(w, train_batch)
-    grads_w = torch.autograd.grad(train_loss, list(w.values()), allow_unused=True)
+    grads_w = [
+        g if g is not None else torch.zeros_like(p)
+        for g, p in zip(torch.autograd.grad(train_loss, list(w.values()), allow_unused=True), w.values(), strict=True)
+    ]
+    if sync is not None:
+        sync(grads_w)
     unrolled = {
-        n: (p - xi * g).detach() if g is not None else p.detach()
-        for (n, p), g in zip(w.items(), grads_w, strict=True)
+        n: (p - xi * g).detach() for (n, p), g in zip(w.items(), grads_w, strict=True)
     }
     for tensor in unrolled.values():
         tensor.requires_grad_(True)
@@ -254,6 +264,8 @@ def unrolled_arch_gradient(
     grads = torch.autograd.grad(val_loss, list(unrolled.values()) + arch, allow_unused=True)
     v = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads[: len(names)], unrolled.values(), strict=True)]
     d_arch = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads[len(names):], arch, strict=True)]
+    if sync is not None:
+        sync(v)
 
     norm = torch.sqrt(sum((g * g).sum() for g in v))
     eps = radius / (norm + 1e-12)
