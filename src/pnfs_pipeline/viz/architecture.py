@@ -14,6 +14,18 @@ from matplotlib.figure import Figure  # noqa: E402
 SLOT_NAMES = ("parallel", "above (finer)", "below (coarser)")
 
 
+def _cell_sources(architecture: dict[str, Any], cell: str) -> tuple[int, int, int] | None:
+    """The previous-layer scale each of a cell's three slots reads (None without the network's
+    shape). At the fabric's edges two slots read the same scale, and their weights add."""
+    from pnfs_pipeline.nas.genotype import GridShape, parse_cell_name
+
+    network = architecture.get("network")
+    if not network:
+        return None
+    grid = GridShape(network["depth"], len(network["channels"]), network["cut_layers_num"], network["input_count"])
+    return grid.sources(*parse_cell_name(cell))
+
+
 def _mean_op_weights(alpha: Any) -> np.ndarray:
     """Softmax op weights averaged over every edge (and cell): one value per op."""
     array = np.asarray(alpha, dtype=float)
@@ -43,9 +55,14 @@ def plot_architecture_history(
         image = bottom.imshow(betas, vmin=0, vmax=1, cmap="viridis", aspect="auto")
         bottom.set_yticks(range(len(info["cells"])), info["cells"], fontsize=6)
         bottom.set_xticks(range(len(SLOT_NAMES)), SLOT_NAMES, fontsize=6)
+        sources = [_cell_sources(architecture, cell) for cell in info["cells"]]
         for (row, slot), value in np.ndenumerate(betas):
-            bottom.text(slot, row, f"{value:.2f}", ha="center", va="center", fontsize=6, color="w" if value < 0.6 else "k")
-        bottom.set_title(f"{part}: input weights (softmax beta)", fontsize=8)
+            label = f"{value:.2f}"
+            if sources[row] is not None:
+                label += f" s{sources[row][slot]}"  # the scale this slot reads
+            bottom.text(slot, row, label, ha="center", va="center", fontsize=5, color="w" if value < 0.6 else "k")
+        note = "\n(sN: the scale a slot reads; slots reading one scale add up)" if sources and sources[0] else ""
+        bottom.set_title(f"{part}: input weights (softmax beta){note}", fontsize=7)
         fig.colorbar(image, ax=bottom, fraction=0.046)
     fig.suptitle(f"Architecture parameters ({architecture['strategy']} search)", fontsize=10)
     fig.tight_layout()
