@@ -26,7 +26,7 @@ run: $(STAMP)
 	$(PRELOAD) $(BIN)/kedro run
 
 benchmark: $(STAMP)
-	$(PRELOAD) $(BIN)/python -m pnfs_pipeline.benchmarks $(BENCHMARK_ARGS)
+	$(PRELOAD) $(BIN)/python -m pnfs_pipeline.benchmarks --allocator $(ALLOCATOR) $(BENCHMARK_ARGS)
 
 allocator:
 	@command -v apt-get >/dev/null || { echo "no apt-get here: install gperftools' tcmalloc or jemalloc with the system's package manager"; exit 1; }
