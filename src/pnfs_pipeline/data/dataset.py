@@ -203,8 +203,10 @@ def make_data_loader(
     num_workers: int = 0,
     drop_last: bool = False,
     sampler: torch.utils.data.Sampler | None = None,
+    pin_memory: bool = False,
 ) -> DataLoader:
-    """A reproducible ``DataLoader``: shuffling and worker seeds derive from ``seed``."""
+    """A reproducible ``DataLoader``: shuffling and worker seeds derive from ``seed``.
+    ``pin_memory`` for batches bound for a GPU (on a CPU run it would only start CUDA)."""
     generator = torch.Generator()
     generator.manual_seed(seed)
     return DataLoader(
@@ -217,5 +219,5 @@ def make_data_loader(
         worker_init_fn=_seed_worker,
         generator=generator,
         persistent_workers=num_workers > 0,
-        pin_memory=torch.cuda.is_available(),
+        pin_memory=pin_memory,
     )

@@ -60,7 +60,9 @@ def init_from_env(device_type: str, timeout_seconds: float = 120.0) -> Distribut
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_seconds))
     context = DistributedContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
     if device_type == "cuda":
-        torch.cuda.set_device(context.local_rank)
+        # Where each process sees only its own GPU (SLURM, per-task CUDA_VISIBLE_DEVICES), the
+        # local rank is no device index: the ranks of a machine take its visible GPUs in turn.
+        torch.cuda.set_device(context.local_rank % torch.cuda.device_count())
     return context
 
 

@@ -184,7 +184,7 @@ class Trainer:
         self.context = context or DistributedContext()
         self.device = resolve_device(config.device)
         if self.device.type == "cuda" and self.context.enabled:
-            self.device = torch.device("cuda", self.context.local_rank)
+            self.device = torch.device("cuda", torch.cuda.current_device())  # set when joining the group
         if config.threads:
             torch.set_num_threads(config.threads)
         torch.manual_seed(config.seed)
@@ -352,6 +352,7 @@ class Trainer:
             num_workers=self.config.num_workers,
             drop_last=shuffle and len(dataset) > batch_size * self.context.world_size,
             sampler=sampler,
+            pin_memory=self.device.type == "cuda",
         )
 
     def train_epoch(self, epoch: int, progress: Progress) -> dict[str, float]:
@@ -600,7 +601,14 @@ def _distributed_worker(job: TrainingJob) -> TrainResult | None:
         finally:
             if torch.distributed.is_initialized():
                 torch.distributed.destroy_process_group()
-        return result if context.is_main else None
+        if not context.is_main:
+            return None
+        # To the CPU before the launcher passes the result back: CUDA tensors would cross as
+        # handles into this worker's memory, which is freed when the worker exits.
+        result.final_state = torch.utils._pytree.tree_map(
+            lambda value: value.detach().cpu() if isinstance(value, torch.Tensor) else value, result.final_state
+        )
+        return result
 
     return work()
 

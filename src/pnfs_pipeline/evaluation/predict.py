@@ -62,7 +62,10 @@ def predict_dataset(
     memory_format = torch.channels_last if device.type == "cpu" else torch.preserve_format
     model = model.to(memory_format=memory_format)
     loaders = [
-        make_data_loader(dataset if scale == 1.0 else _scaled_crops(dataset, scale), batch_size, shuffle=False, seed=0)
+        make_data_loader(
+            dataset if scale == 1.0 else _scaled_crops(dataset, scale), batch_size, shuffle=False, seed=0,
+            pin_memory=device.type == "cuda",
+        )
         for scale in crop_scales
     ]
     permutation = dataset.spec.flip_permutation() if flip_test else None

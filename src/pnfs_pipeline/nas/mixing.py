@@ -34,7 +34,7 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     # product-and-sum, measured on 2 cores), where the two passes are the faster choice.
     flat = _flat_pair(a, b) if a.dtype in (torch.float32, torch.float64) else None
     if flat is None:
-        return (a * b).sum()
+        return (a * b).sum(dtype=torch.float32)  # not rounded to bfloat16's 8 bits
     return torch.dot(*flat)
 
 
