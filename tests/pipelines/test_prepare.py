@@ -77,3 +77,10 @@ def test_every_parameter_group_is_checked_before_the_first_node(kedro_project, p
         run_pipeline(kedro_project, pipeline, params)
     data = kedro_project / "data"
     assert not data.exists() or not any(p.is_file() for p in data.rglob("*"))  # nothing ran, nothing written
+
+
+def test_a_misspelled_parameter_group_is_named(kedro_project):
+    from pnfs_pipeline.config import ParameterError
+
+    with pytest.raises(ParameterError, match=r"parameter 'sampel': no such parameter group"):
+        run_pipeline(kedro_project, "prepare", {"sampel.sigma": 3})
