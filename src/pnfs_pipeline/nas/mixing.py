@@ -34,7 +34,8 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     # product-and-sum, measured on 2 cores), where the two passes are the faster choice.
     flat = _flat_pair(a, b) if a.dtype in (torch.float32, torch.float64) else None
     if flat is None:
-        return (a * b).sum(dtype=torch.float32)  # not rounded to bfloat16's 8 bits
+        # At least float32: a low-precision sum would round the gradient to bfloat16's 8 bits.
+        return (a * b).sum(dtype=torch.promote_types(a.dtype, torch.float32))
     return torch.dot(*flat)
 
 
