@@ -386,23 +386,25 @@ def check_parameters(groups: dict[str, Any]) -> dict[str, StrictModel]:
     """Validate the given parameter groups and how they fit together, reporting every problem
     at once: a run then fails before its first node, not hours in, when a later group is wrong.
 
-    Cross-group checks: ``model.num_parts`` is a grouping of the keypoint spec
-    (``data.keypoint_spec``), the target-width overrides name its keypoints or parts, and online
-    hard keypoint mining keeps at most its keypoint count.
+    A name that is no parameter group (a misspelled ``sampel``) is a problem too. Cross-group
+    checks: ``model.num_parts`` is a grouping of the keypoint spec (``data.keypoint_spec``), the
+    target-width overrides name its keypoints or parts, and online hard keypoint mining keeps at
+    most its keypoint count.
     """
     parsed: dict[str, StrictModel] = {}
     problems: list[str] = []
     for name, raw in groups.items():
         if name not in PARAMETER_GROUPS:
+            problems.append(f"parameter '{name}': no such parameter group; the groups are {sorted(PARAMETER_GROUPS)}")
             continue
         try:
             parsed[name] = parse_params(PARAMETER_GROUPS[name], raw, name)
         except ParameterError as error:
-            problems += str(error).splitlines()[1:]
+            problems += [line.strip() for line in str(error).splitlines()[1:]]
     if "data" in parsed:
-        problems += [f"  {line}" for line in _spec_problems(parsed)]
+        problems += _spec_problems(parsed)
     if problems:
-        raise ParameterError("invalid parameters:\n" + "\n".join(line if line.startswith("  ") else f"  {line}" for line in problems))
+        raise ParameterError("invalid parameters:\n  " + "\n  ".join(problems))
     return parsed
 
 

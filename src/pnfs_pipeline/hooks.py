@@ -40,19 +40,12 @@ class ParameterCheckHooks:
         if not read:
             return
         parameters = catalog.load("parameters")
-        from pnfs_pipeline.config import PARAMETER_GROUPS, ParameterError
+        from pnfs_pipeline.config import PARAMETER_GROUPS
 
-        unknown = sorted(set(parameters) - set(PARAMETER_GROUPS))
-        if unknown:  # a misspelled group ('sampel') would otherwise be ignored without a word
-            raise ParameterError(
-                "invalid parameters:\n" + "\n".join(
-                    f"  parameter '{name}': no such parameter group; the groups are {sorted(PARAMETER_GROUPS)}"
-                    for name in unknown
-                )
-            )
-        # The keypoint spec (data's) is what cross-checks of the other groups need.
-        groups = {name: parameters[name] for name in sorted(read | {"data"}) if name in parameters}
-        parsed = check_parameters(groups)
+        # The keypoint spec (data's) is what cross-checks of the other groups need; a group name
+        # no pipeline knows (a misspelled 'sampel') is reported, not ignored.
+        checked = read | {"data"} | (set(parameters) - set(PARAMETER_GROUPS))
+        parsed = check_parameters({name: parameters[name] for name in sorted(checked) if name in parameters})
         if "evaluate" in parsed and parsed["evaluate"].checkpoint:
             _evaluate_chosen_checkpoint(parsed["evaluate"].checkpoint, pipeline, catalog)
 
