@@ -308,18 +308,15 @@ def oks_nms_benchmark(count: int, seed: int = 0) -> dict[str, float]:
     scores = rng.uniform(0, 1, len(keypoints))
     areas = np.repeat(rng.uniform(1e3, 2e4, images * people), per_image // people)
 
+    per_image_slices = [slice(i * per_image, (i + 1) * per_image) for i in range(images)]
+
     def vectorised() -> list[list[int]]:
-        return [
-            list(oks_nms(keypoints[i * per_image : (i + 1) * per_image], scores[i * per_image : (i + 1) * per_image],
-                         areas[i * per_image : (i + 1) * per_image], sigmas))
-            for i in range(images)
-        ]
+        return [list(oks_nms(keypoints[s], scores[s], areas[s], sigmas)) for s in per_image_slices]
 
     def loop() -> list[list[int]]:  # the reference code: one OKS row against the remaining boxes per pick
         variances = (2 * sigmas) ** 2
         kept = []
-        for i in range(images):
-            s = slice(i * per_image, (i + 1) * per_image)
+        for s in per_image_slices:
             kp, sc, ar = keypoints[s], scores[s], areas[s]
             order, keep = np.argsort(-sc), []
             while order.size:
