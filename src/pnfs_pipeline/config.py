@@ -403,6 +403,9 @@ def check_parameters(groups: dict[str, Any]) -> dict[str, StrictModel]:
             problems += [line.strip() for line in str(error).splitlines()[1:]]
     if "data" in parsed:
         problems += _spec_problems(parsed)
+    evaluate = parsed.get("evaluate")
+    if evaluate is not None and evaluate.checkpoint and not Path(evaluate.checkpoint).is_file():
+        problems.append(f"parameter 'evaluate.checkpoint': no file {evaluate.checkpoint}")
     if problems:
         raise ParameterError("invalid parameters:\n  " + "\n  ".join(problems))
     return parsed

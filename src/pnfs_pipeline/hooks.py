@@ -34,14 +34,12 @@ class ParameterCheckHooks:
 
     @hook_impl(tryfirst=True)
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Pipeline, catalog: Any) -> None:
-        from pnfs_pipeline.config import check_parameters
+        from pnfs_pipeline.config import PARAMETER_GROUPS, check_parameters
 
         read = {name.split(":", 1)[1].split(".", 1)[0] for name in pipeline.inputs() if name.startswith("params:")}
         if not read:
             return
         parameters = catalog.load("parameters")
-        from pnfs_pipeline.config import PARAMETER_GROUPS
-
         # The keypoint spec (data's) is what cross-checks of the other groups need; a group name
         # no pipeline knows (a misspelled 'sampel') is reported, not ignored.
         checked = read | {"data"} | (set(parameters) - set(PARAMETER_GROUPS))
@@ -52,14 +50,10 @@ class ParameterCheckHooks:
 
 def _evaluate_chosen_checkpoint(path: str, pipeline: Pipeline, catalog: Any) -> None:
     """``evaluate.checkpoint`` scores that file: where evaluation is the only reader of the
-    retrained checkpoint, the file stands in for it, so no retrained model need exist."""
-    from pathlib import Path
-
-    from pnfs_pipeline.config import ParameterError
+    retrained checkpoint, the file stands in for it, so no retrained model need exist (that the
+    file exists, check_parameters has checked)."""
     from pnfs_pipeline.datasets import CheckpointDataset
 
-    if not Path(path).is_file():
-        raise ParameterError(f"invalid parameters:\n  parameter 'evaluate.checkpoint': no file {path}")
     readers = {node.name for node in pipeline.nodes if "retrained_checkpoint" in node.inputs}
     if "retrained_checkpoint" in pipeline.inputs() and readers == {"predict_validation"}:
         catalog["retrained_checkpoint"] = CheckpointDataset(filepath=path)
