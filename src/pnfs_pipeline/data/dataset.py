@@ -14,7 +14,7 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from pnfs_pipeline.config import AugmentationParams, SampleParams
 from pnfs_pipeline.data.targets import gaussian_heatmaps, keypoint_sigmas
@@ -184,6 +184,56 @@ def train_and_val_datasets(
 ) -> tuple[TopDownDataset, TopDownDataset]:
     """The augmented training set and the plain validation set of a training run."""
     return TopDownDataset(train_index, sample, augmentation, seed=seed), TopDownDataset(val_index, sample, None)
+
+
+def set_dataset_epoch(dataset: Dataset, epoch: int) -> None:
+    """The epoch that seeds augmentation, on ``dataset`` or the dataset under a ``Subset``."""
+    base = dataset.dataset if isinstance(dataset, Subset) else dataset
+    if hasattr(base, "set_epoch"):
+        base.set_epoch(epoch)
+
+
+class EpochTaggedSampler(Sampler):
+    """Yields ``(epoch, index)`` pairs from ``sampler``.
+
+    A loader's persistent workers hold their own copies of the dataset, made when they started:
+    an epoch set on the main process's copy never reaches them. Carried with every index, the
+    epoch does, so one loader (and the images its workers have decoded) serves every epoch.
+    """
+
+    def __init__(self, sampler: Sampler) -> None:
+        self.sampler = sampler
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        epoch = self.epoch
+        return ((epoch, index) for index in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+class EpochTaggedDataset(Dataset):
+    """Reads the ``(epoch, index)`` pairs of :class:`EpochTaggedSampler`."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+        self._epoch: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        epoch, index = key
+        if epoch != self._epoch:
+            set_dataset_epoch(self.dataset, epoch)
+            self._epoch = epoch
+        return self.dataset[index]
 
 
 def _seed_worker(worker_id: int) -> None:

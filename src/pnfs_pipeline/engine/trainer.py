@@ -21,9 +21,9 @@ from typing import Any
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
-from torch.utils.data import Dataset, DistributedSampler, Subset
+from torch.utils.data import Dataset, DistributedSampler, SequentialSampler, Subset
 
-from pnfs_pipeline.data.dataset import make_data_loader
+from pnfs_pipeline.data.dataset import EpochTaggedDataset, EpochTaggedSampler, make_data_loader
 from pnfs_pipeline.engine.allocator import loaded_allocator
 from pnfs_pipeline.engine.checkpoint import (
     load_checkpoint,
@@ -144,12 +144,6 @@ def split_for_bilevel(dataset: Dataset, train_share: int, arch_share: int) -> tu
     return Subset(dataset, range(cut)), Subset(dataset, range(cut, len(dataset)))
 
 
-def _set_epoch(dataset: Dataset, epoch: int) -> None:
-    base = dataset.dataset if isinstance(dataset, Subset) else dataset
-    if hasattr(base, "set_epoch"):
-        base.set_epoch(epoch)
-
-
 def _to_device(batch: dict[str, torch.Tensor], device: torch.device, channels_last: bool) -> dict[str, torch.Tensor]:
     moved = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
     if channels_last:
@@ -238,6 +232,9 @@ class Trainer:
         self.start_epoch = 0
         self.saved_epochs = 0  # epochs of this run that the checkpoint at checkpoint_path holds
         self.history: list[dict[str, Any]] = []
+        # One loader per (dataset, role), kept across epochs: rebuilt every epoch, its workers
+        # restarted and the images they had decoded were decoded again.
+        self._loaders: dict[tuple[int, bool, int, int], tuple[Dataset, Any]] = {}
 
     # ---- construction ----------------------------------------------------------------------
     def _make_optimizer(self) -> torch.optim.Optimizer:
@@ -333,32 +330,37 @@ class Trainer:
     def _loader(self, dataset: Dataset, epoch: int, shuffle: bool, batch_size: int, stream: int = 0):
         """Shuffled loaders split one seeded permutation over the workers (1 worker: all of it),
         so N workers see the same global batches as one process with N times their batch."""
-        sampler = None
-        if shuffle:
-            sampler = DistributedSampler(
-                dataset,
-                num_replicas=self.context.world_size,
-                rank=self.context.rank,
-                shuffle=True,
+        key = (id(dataset), shuffle, batch_size, stream)
+        cached = self._loaders.get(key)
+        if cached is None or cached[0] is not dataset:
+            if shuffle:
+                sampler = DistributedSampler(
+                    dataset,
+                    num_replicas=self.context.world_size,
+                    rank=self.context.rank,
+                    shuffle=True,
+                    seed=self.config.seed * 100_003 + stream,
+                )
+            else:
+                sampler = SequentialSampler(dataset)
+            loader = make_data_loader(
+                EpochTaggedDataset(dataset),
+                batch_size=batch_size // self.context.world_size if shuffle else batch_size,
+                shuffle=False,
                 seed=self.config.seed * 100_003 + stream,
+                num_workers=self.config.num_workers,
+                drop_last=shuffle and len(dataset) > batch_size,
+                sampler=EpochTaggedSampler(sampler),
+                pin_memory=self.device.type == "cuda",
             )
-            sampler.set_epoch(epoch)
-            batch_size //= self.context.world_size
-        return make_data_loader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=False,
-            seed=self.config.seed * 100_003 + epoch,
-            num_workers=self.config.num_workers,
-            drop_last=shuffle and len(dataset) > batch_size * self.context.world_size,
-            sampler=sampler,
-            pin_memory=self.device.type == "cuda",
-        )
+            cached = self._loaders[key] = (dataset, loader)
+        loader = cached[1]
+        loader.sampler.set_epoch(epoch)
+        return loader
 
     def train_epoch(self, epoch: int, progress: Progress) -> dict[str, float]:
         c = self.config
         self.model.train()
-        _set_epoch(self.train_dataset, epoch)
         loader = self._loader(self.train_dataset, epoch, True, c.batch_size)
         arch_iter = None
         if self.arch_dataset is not None and self.strategy.config.bilevel:
@@ -511,6 +513,7 @@ class Trainer:
             final = self.strategy.finalize(lambda w: self.validation_loss(w, dataset=self.arch_dataset))
             if final:
                 extra["finalize"] = final
+        self._loaders.clear()  # ends their workers
         return TrainResult(self.history, self.state_dict(self.config.epochs - 1), extra)
 
 
