@@ -240,3 +240,57 @@ def test_original_strategy_names_are_aliases():
     assert StrategyConfig(name="None").name == "none"
     with pytest.raises(ValueError, match="unknown search strategy 'evolution'"):
         StrategyConfig(name="evolution")
+
+
+def fabric_backbone_supernet() -> PartSupernet:
+    torch.manual_seed(0)
+    return PartSupernet(
+        build_backbone("fabric", factor=1, operators=("zero", "skip_connect", "sep_conv_3x3", "avg_pool_3x3")),
+        PARTS,
+        4,
+        FabricConfig(operators=("zero", "skip_connect", "sep_conv_3x3", "avg_pool_3x3"), depth=4, cut_layers_num=2, factor=1),
+        HeadConfig(vector_in_pixel=True, vector_dim=2),
+    )
+
+
+def _one_hot_mixture(backbone, ops: torch.Tensor, slots: torch.Tensor):
+    alpha = torch.nn.functional.one_hot(ops, backbone.alphas.shape[-1]).float()
+    return alpha.expand(backbone.fabric.num_cells, -1, -1), torch.nn.functional.one_hot(slots, 3).float()
+
+
+def test_random_search_samples_and_picks_the_fabric_backbones_architecture_too():
+    model = fabric_backbone_supernet().eval()
+    strategy = SearchStrategy(model, StrategyConfig(name="random", random_candidates=3), total_epochs=1)
+    weights = strategy.forward_weights(training=True)
+    alpha, beta, active = weights.backbone
+    assert alpha.shape == (model.backbone.fabric.num_cells, *model.backbone.alphas.shape)
+    assert set(alpha.sum(-1).flatten().tolist()) == {1.0} and set(beta.sum(-1).tolist()) == {1.0}
+    assert active == alpha.argmax(-1).tolist()
+    x = torch.randn(1, 3, 64, 48)
+    with torch.no_grad():
+        features = model.backbone(x, alpha, beta, active)
+        mixed = model.backbone(x)
+    assert not torch.allclose(features[0], mixed[0])  # a sampled path, not the softmax mixture
+
+    losses = iter([3.0, 1.0, 2.0])  # the second candidate is the best
+    before = torch.Generator().set_state(strategy.generator.get_state())
+    strategy.finalize(lambda w: next(losses))
+    replay = SearchStrategy(model, StrategyConfig(name="random"), total_epochs=1)
+    replay.generator.set_state(before.get_state())
+    replay.sample_random_architecture()
+    ops, slots = replay.sample_random_architecture()[-1]  # the backbone's choice comes last
+    assert torch.equal(model.backbone.alphas.argmax(-1), ops) and torch.equal(model.backbone.betas.argmax(-1), slots)
+    assert torch.softmax(model.backbone.alphas, -1).max(-1).values.min() > 0.99
+
+
+def test_gumbel_samples_one_backbone_op_per_edge_and_trains_its_logits():
+    model = fabric_backbone_supernet()
+    strategy = SearchStrategy(model, StrategyConfig(name="gumbel"), total_epochs=2)
+    weights = strategy.forward_weights(training=True)
+    alpha, beta, active = weights.backbone
+    assert torch.equal(alpha.detach(), _one_hot_mixture(model.backbone, alpha[0].argmax(-1), torch.zeros(1, dtype=torch.long))[0])
+    assert active == alpha.argmax(-1).tolist()
+    batch = _batch()
+    joints_mse_loss(model(batch["image"], weights), batch).backward()
+    assert model.backbone.alphas.grad is not None and model.backbone.alphas.grad.abs().sum() > 0
+    assert model.backbone.betas.grad is not None and model.backbone.betas.grad.abs().sum() > 0

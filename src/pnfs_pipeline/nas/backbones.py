@@ -151,10 +151,20 @@ class FabricBackbone(Backbone):
         self.alphas = nn.Parameter(torch.zeros(self.fabric.num_edges, self.fabric.num_ops))
         self.betas = nn.Parameter(torch.zeros(len(keep), NUM_SLOTS))
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        alpha = torch.softmax(self.alphas, dim=-1).expand(self.fabric.num_cells, -1, -1)
-        beta = torch.softmax(self.betas, dim=-1)
-        return self.fabric([self.stem(x)], alpha, beta, last_layer=True)
+    def forward(
+        self,
+        x: torch.Tensor,
+        alpha: torch.Tensor | None = None,
+        beta: torch.Tensor | None = None,
+        active_ops: list[list[int]] | None = None,
+    ) -> list[torch.Tensor]:
+        """Mixes with the softmax of its own logits, or with the (cells, edges, ops) ``alpha``
+        and (cells, 3) ``beta`` a search strategy sampled."""
+        if alpha is None:
+            alpha = torch.softmax(self.alphas, dim=-1).expand(self.fabric.num_cells, -1, -1)
+        if beta is None:
+            beta = torch.softmax(self.betas, dim=-1)
+        return self.fabric([self.stem(x)], alpha, beta, active_ops, last_layer=True)
 
 
 # Partials, not lambdas: their signatures say which backbone_kwargs each takes (config checks).

@@ -122,42 +122,58 @@ class SearchStrategy:
         progress = self.epoch / max(self.total_epochs - 1, 1)
         return c.gumbel_tau_max - (c.gumbel_tau_max - c.gumbel_tau_min) * progress
 
+    def _searched_logits(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(alpha, beta) logits per part, then the searchable backbone's if there is one."""
+        logits = list(zip(self.model.arch_alphas, self.model.arch_betas, strict=True))
+        if self.model.searchable_backbone:
+            logits.append((self.model.backbone.alphas, self.model.backbone.betas))
+        return logits
+
+    def _expand_alpha(self, alpha: torch.Tensor, index: int) -> torch.Tensor:
+        """Shared (edges, ...) alphas of part ``index`` (or of the backbone, after the parts)
+        -> (cells, edges, ...)."""
+        if index < len(self.model.arch_alphas):
+            return self.model.expand_alpha(alpha, index)
+        return alpha.expand(self.model.backbone.fabric.num_cells, *alpha.shape)
+
+    def _weights(self, alphas, betas, active) -> ArchitectureWeights:
+        parts = len(self.model.arch_alphas)
+        backbone = (alphas[parts], betas[parts], active[parts]) if len(alphas) > parts else None
+        return ArchitectureWeights(alphas[:parts], betas[:parts], active[:parts], backbone)
+
     def sample_random_architecture(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Random (alpha index, beta index) per part: one op per edge row, one input per cell."""
+        """Random (alpha index, beta index) per part, then for a searchable backbone: one op
+        per edge row, one input per cell."""
         choices = []
-        for alpha, beta in zip(self.model.arch_alphas, self.model.arch_betas, strict=True):
+        for alpha, beta in self._searched_logits():
             ops = torch.randint(alpha.shape[-1], alpha.shape[:-1], generator=self.generator)
             slots = torch.randint(beta.shape[-1], beta.shape[:-1], generator=self.generator)
             choices.append((ops, slots))
         return choices
 
     def discrete_weights(self, choices: list[tuple[torch.Tensor, torch.Tensor]]) -> ArchitectureWeights:
-        model = self.model
         alphas, betas, active = [], [], []
-        for part, (ops, slots) in enumerate(choices):
-            alpha = torch.nn.functional.one_hot(ops, model.arch_alphas[part].shape[-1]).float()
-            alpha = model.expand_alpha(alpha, part)
-            alphas.append(alpha)
-            betas.append(torch.nn.functional.one_hot(slots, model.arch_betas[part].shape[-1]).float())
+        device = self.model.arch_alphas[0].device
+        for index, ((ops, slots), (alpha_logits, beta_logits)) in enumerate(zip(choices, self._searched_logits(), strict=True)):
+            alpha = self._expand_alpha(torch.nn.functional.one_hot(ops, alpha_logits.shape[-1]).float(), index)
+            alphas.append(alpha.to(device))
+            betas.append(torch.nn.functional.one_hot(slots, beta_logits.shape[-1]).float().to(device))
             active.append(alpha.argmax(-1).tolist())
-        device = model.arch_alphas[0].device
-        return ArchitectureWeights([a.to(device) for a in alphas], [b.to(device) for b in betas], active)
+        return self._weights(alphas, betas, active)
 
     def gumbel_weights(self) -> ArchitectureWeights:
-        model = self.model
-        alphas, active = [], []
-        for part, alpha in enumerate(model.arch_alphas):
+        alphas, betas, active = [], [], []
+        for index, (alpha, beta) in enumerate(self._searched_logits()):
             uniform = torch.rand(alpha.shape, generator=self.generator).to(alpha.device)
             gumbels = -torch.log((-torch.log(uniform.clamp_min(1e-10))).clamp_min(1e-10))
             soft = torch.softmax((alpha + gumbels) / self.gumbel_tau, dim=-1)
-            index = soft.argmax(dim=-1)
-            hard = torch.nn.functional.one_hot(index, alpha.shape[-1]).to(soft)
+            chosen = soft.argmax(dim=-1)
+            hard = torch.nn.functional.one_hot(chosen, alpha.shape[-1]).to(soft)
             straight_through = hard - soft.detach() + soft
-            expanded = model.expand_alpha(straight_through, part)
-            alphas.append(expanded)
-            active.append(model.expand_alpha(index.unsqueeze(-1), part).squeeze(-1).tolist())
-        betas = [torch.softmax(b, dim=-1) for b in model.arch_betas]
-        return ArchitectureWeights(alphas, betas, active)
+            alphas.append(self._expand_alpha(straight_through, index))
+            active.append(self._expand_alpha(chosen.unsqueeze(-1), index).squeeze(-1).tolist())
+            betas.append(torch.softmax(beta, dim=-1))
+        return self._weights(alphas, betas, active)
 
     def forward_weights(self, training: bool) -> ArchitectureWeights | None:
         """``None`` means the supernet's own softmax weights."""
@@ -208,9 +224,9 @@ class SearchStrategy:
             if loss < best_loss:
                 best, best_loss = choices, loss
         assert best is not None
-        for part, (ops, slots) in enumerate(best):
-            self.model.arch_alphas[part].copy_(one_hot_logits(ops, self.model.arch_alphas[part].shape[-1]))
-            self.model.arch_betas[part].copy_(one_hot_logits(slots, self.model.arch_betas[part].shape[-1]))
+        for (ops, slots), (alpha, beta) in zip(best, self._searched_logits(), strict=True):
+            alpha.copy_(one_hot_logits(ops, alpha.shape[-1]))
+            beta.copy_(one_hot_logits(slots, beta.shape[-1]))
         logger.info("random search: best of %d sampled architectures has held-out loss %.6f", len(losses), best_loss)
         return {"candidate_losses": losses, "best_loss": best_loss}
 

@@ -160,6 +160,9 @@ class ArchitectureWeights:
     alphas: list[torch.Tensor]  # (cells, edges, ops) each
     betas: list[torch.Tensor]  # (cells, 3) each
     active_ops: list[list[list[int]] | None] = field(default_factory=list)
+    # A searchable backbone's (alpha (cells, edges, ops), beta (cells, 3), active ops); None:
+    # the softmax of its own logits.
+    backbone: tuple[torch.Tensor, torch.Tensor, list[list[int]] | None] | None = None
 
 
 def check_non_negative(arch: ArchitectureWeights) -> None:
@@ -168,7 +171,8 @@ def check_non_negative(arch: ArchitectureWeights) -> None:
     One reduction (and on a GPU one synchronisation) per forward pass instead of one per op.
     """
     with torch.no_grad():
-        lowest = torch.stack([w.min().float() for w in (*arch.alphas, *arch.betas)]).min()
+        backbone = arch.backbone[:2] if arch.backbone is not None else ()
+        lowest = torch.stack([w.min().float() for w in (*arch.alphas, *arch.betas, *backbone)]).min()
     if lowest < 0:
         raise ValueError(
             f"architecture weights must be non-negative (softmax or one-hot), got a weight of {float(lowest):.4g}"
@@ -213,7 +217,7 @@ class PartSupernet(nn.Module):
     # ---- parameter groups -------------------------------------------------------------------
     def arch_parameters(self) -> list[nn.Parameter]:
         params = list(self.arch_alphas) + list(self.arch_betas)
-        if hasattr(self.backbone, "alphas"):
+        if self.searchable_backbone:
             params += [self.backbone.alphas, self.backbone.betas]
         return params
 
@@ -230,6 +234,11 @@ class PartSupernet(nn.Module):
         """(edges, ops) shared alphas -> (cells, edges, ops)."""
         cells = self.parts[part].fabric.num_cells
         return alpha.expand(cells, -1, -1) if alpha.dim() == 2 else alpha
+
+    @property
+    def searchable_backbone(self) -> bool:
+        """Whether the backbone has architecture parameters of its own (the fabric backbone)."""
+        return hasattr(self.backbone, "alphas")
 
     def softmax_weights(self) -> ArchitectureWeights:
         return ArchitectureWeights(
@@ -259,7 +268,7 @@ class PartSupernet(nn.Module):
                 "combine": self.head_config.combine,
             },
         }
-        if hasattr(self.backbone, "alphas"):
+        if self.searchable_backbone:
             description["backbone_architecture"] = {
                 "alphas": self.backbone.alphas.detach().cpu().tolist(),
                 "betas": self.backbone.betas.detach().cpu().tolist(),
@@ -292,7 +301,7 @@ class PartSupernet(nn.Module):
             arch = self.softmax_weights()
         else:
             check_non_negative(arch)
-        features = self.backbone(x)
+        features = self.backbone(x, *arch.backbone) if arch.backbone is not None else self.backbone(x)
         outputs = []
         for i, branch in enumerate(self.parts):
             active = arch.active_ops[i] if arch.active_ops else None
