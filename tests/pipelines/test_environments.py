@@ -1,8 +1,10 @@
 """The real-data environments (conf/coco, conf/mpii) merge over conf/base into valid parameters."""
 
+import json
 from pathlib import Path
 
 import pytest
+import yaml
 from kedro.config import OmegaConfigLoader
 
 from pnfs_pipeline.config import (
@@ -52,3 +54,50 @@ def test_real_data_environment_has_the_seed_schedule(env, backbone):
     assert search.strategy.split_for_train == params["search"]["strategy"]["split_for_train"] == 2
     # and the whole environment passes the up-front checks, cross-group ones included
     check_parameters({name: params[name] for name in PARAMETER_GROUPS if name in params})
+
+
+@pytest.fixture(scope="module")
+def real_layout_root(tmp_path_factory) -> Path:
+    """A small dataset in COCO's layout (with a detections file) and in MPII's (HRNet JSON)."""
+    from pnfs_pipeline.data.synthetic import SyntheticConfig, generate_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("real_layouts")
+    generate_synthetic_dataset(root, SyntheticConfig(seed=3, num_train_images=6, num_val_images=3, image_width=192, image_height=160))
+    return root
+
+
+@pytest.mark.parametrize(
+    "env, subfolder, extra, scores",
+    [
+        ("coco", ".", {"evaluate.boxes": "detections"}, {"AP", "AP .5", "AR"}),
+        ("mpii", "mpii", {}, {"Head", "Mean", "Mean@0.1"}),
+    ],
+)
+def test_real_data_environment_runs_end_to_end(kedro_project, real_layout_root, env, subfolder, extra, scores):
+    """The parameter checks see the merged configuration; this runs it: the environment's own
+    backbone, reader and metric through the default pipeline, at a small input and one step."""
+    from tests.pipelines.conftest import run_pipeline
+
+    model = _parameters(env)["model"]  # as merged for a user (the test runs override the base's tiny one)
+    params = {
+        "data.root": str(real_layout_root / subfolder),
+        "model.backbone": model["backbone"],
+        "model.backbone_kwargs": model["backbone_kwargs"],
+        "sample.input_size": [64, 64],
+        "sample.heatmap_size": [16, 16],
+        "search.trainer.batch_size": 4,
+        "search.trainer.max_steps_per_epoch": 1,
+        "retrain.trainer.epochs": 1,
+        "retrain.trainer.batch_size": 4,
+        "retrain.trainer.max_steps_per_epoch": 1,
+        "derive.latency_repeats": 1,
+        **extra,
+    }
+    run_pipeline(kedro_project, "__default__", params, env=env)
+    data = kedro_project / "data"
+    genotype = yaml.safe_load(next((data / "07_model_output" / "genotype.yml").glob("*/genotype.yml")).read_text())
+    assert genotype["network"]["backbone"] == params["model.backbone"]
+    assert len(genotype["parts"]) == model["num_parts"]
+    metrics = json.loads((data / "08_reporting" / "evaluation_metrics.json").read_text())
+    assert scores <= set(metrics["overall"])
+    assert metrics["boxes"] == extra.get("evaluate.boxes", "ground_truth")
