@@ -282,3 +282,6 @@ def test_pckh_is_100_for_ground_truth_and_follows_known_offsets():
     invisible = visible.copy()
     invisible[5:] = False  # only the close half is labelled
     assert pckh(predictions, truth, invisible, head_boxes, 0.5)[0].tolist() == [100.0] * 16
+    # 3.2 px off at head size 30: beyond 0.10 (3.0 px), within HRNet's "Mean@0.1", which is at 0.11
+    near = pckh_table(truth + [3.2, 0.0], truth, visible, head_boxes, MPII.pckh_groups, MPII.pckh_mean_excludes)
+    assert near["Mean@0.1"] == 0.0 and near["Mean@0.11"] == 100.0
