@@ -71,3 +71,13 @@ def test_an_allocator_the_suite_cannot_recognise_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--allocator", str(library), "--quick"])
     assert "measures tcmalloc or jemalloc libraries, not libmimalloc.so.2" in capsys.readouterr().err
+
+
+def test_bf16_support_names_the_cpus_instructions():
+    from pnfs_pipeline.benchmarks import cpu_bf16_support
+
+    assert cpu_bf16_support({"avx512f", "avx512_bf16", "amx_bf16"}) == "amx_bf16"
+    assert cpu_bf16_support({"avx512f", "avx512_bf16"}) == "avx512_bf16"
+    # without either, oneDNN emulates bf16 where it has AVX512 (the old key said True on any x86)
+    emulated = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert cpu_bf16_support({"avx2"}) == ("emulated" if emulated else "none")

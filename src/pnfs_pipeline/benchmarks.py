@@ -63,11 +63,14 @@ SETTINGS = {
 
 
 def machine_description() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
+    cpu, flags = platform.processor() or platform.machine(), set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+            if cpu and flags:
                 break
     except OSError:
         pass
@@ -79,9 +82,23 @@ def machine_description() -> dict[str, Any]:
         "gpu": gpu,
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "bf16_cpu": bool(getattr(torch.backends, "mkldnn", None) and torch.backends.mkldnn.is_available()),
+        "bf16_cpu": cpu_bf16_support(flags),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "allocator": loaded_allocator(),
     }
+
+
+def cpu_bf16_support(cpu_flags: set[str]) -> str:
+    """How this CPU runs bf16 convolutions: with AMX tiles, with AVX512-BF16 instructions,
+    emulated by oneDNN on AVX512 (slower than fp32: the bf16 rows then say little), or not."""
+    for flag in ("amx_bf16", "avx512_bf16"):
+        if flag in cpu_flags:
+            return flag
+    try:
+        supported = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch without that probe
+        supported = False
+    return "emulated" if supported else "none"
 
 
 def build_setting(name: str) -> PartSupernet:
@@ -361,6 +378,11 @@ def coco_eval_benchmark(count: int, seed: int = 0) -> dict[str, float]:
     return {"detections": count, "seconds": time.perf_counter() - start, "AP": stats["AP"]}
 
 
+def _batches_across_epochs(loader):
+    while True:
+        yield from loader
+
+
 def data_loader_benchmark(workers: list[int], samples: int) -> dict[str, float]:
     """Samples per second of the top-down pipeline on a freshly generated synthetic set."""
     import tempfile
@@ -388,13 +410,15 @@ def data_loader_benchmark(workers: list[int], samples: int) -> dict[str, float]:
                 for i in range(len(dataset)):
                     dataset[i]
             loader = make_data_loader(dataset, batch_size=16, shuffle=True, seed=0, num_workers=count)
-            next(iter(loader))  # starts the workers (persistent): not part of the steady rate
+            batches = _batches_across_epochs(loader)
+            # Not part of the steady rate: the workers' start-up, and the batches each queues
+            # ahead (prefetch_factor 2) while the first one is read. One iterator throughout: a
+            # second would discard the queued batches in the timed window.
+            for _ in range(1 + 2 * count):
+                next(batches)
             seen, start = 0, time.perf_counter()
             while seen < samples:
-                for batch in loader:
-                    seen += batch["image"].shape[0]
-                    if seen >= samples:
-                        break
+                seen += next(batches)["image"].shape[0]
             results[name] = seen / (time.perf_counter() - start)
     return results
 
