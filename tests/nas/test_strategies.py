@@ -118,7 +118,7 @@ def _trainer(tmp_path, epochs, strategy="darts1", seed=0, device="cpu", **settin
 
 
 @pytest.mark.parametrize("strategy", ["darts1", "gumbel"])
-def test_resumed_search_ends_like_an_uninterrupted_one(tmp_path, strategy):
+def test_resumed_search_ends_like_an_uninterrupted_one(tmp_path, strategy, caplog):
     straight = _trainer(tmp_path / "a", epochs=2, strategy=strategy)
     straight.fit()
     expected = [p.detach().clone() for p in straight.model.arch_parameters()]
@@ -128,7 +128,9 @@ def test_resumed_search_ends_like_an_uninterrupted_one(tmp_path, strategy):
     first.fit()
     assert load_checkpoint(tmp_path / "b" / "last.pt")["epoch"] == 0
     resumed = _trainer(tmp_path / "b", epochs=2, strategy=strategy)
-    resumed.fit(resume=True)
+    with caplog.at_level("INFO", logger="pnfs_pipeline.engine.trainer"):
+        resumed.fit(resume=True)
+    assert "last.pt after epoch 1\n" in caplog.text + "\n"  # counted as the epoch log lines count
     for got, want in zip(resumed.model.arch_parameters(), expected, strict=True):
         torch.testing.assert_close(got.detach(), want, rtol=0, atol=0)
     assert [h["epoch"] for h in resumed.history] == [1, 2]

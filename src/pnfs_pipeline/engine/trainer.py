@@ -317,7 +317,7 @@ class Trainer:
             if self.strategy.arch_optimizer is not None and state["strategy"]["arch_optimizer"]:
                 self.strategy.arch_optimizer.load_state_dict(state["strategy"]["arch_optimizer"])
         restore_rng_state(state["rng"])
-        logger.info("resumed from %s after epoch %d", path, self.start_epoch - 1)
+        logger.info("resumed from %s after epoch %d", path, self.start_epoch)  # epochs count from 1, as the epoch log lines
 
     # ---- the loop --------------------------------------------------------------------------
     def _forward_loss(self, batch: dict[str, torch.Tensor], training: bool) -> torch.Tensor:
