@@ -1,6 +1,7 @@
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from pnfs_pipeline.config import ParameterError
@@ -83,3 +84,27 @@ def test_mpii_evaluation_reports_pckh(kedro_project):
     metrics = json.loads((kedro_project / "data" / "08_reporting" / "evaluation_metrics.json").read_text())
     assert set(metrics["overall"]) == {"Head", "Shoulder", "Elbow", "Wrist", "Hip", "Knee", "Ankle", "Mean", "Mean@0.1", "Mean@0.11"}
     assert 0.0 <= metrics["overall"]["Mean"] <= 100.0
+
+
+def test_overlay_titles_give_the_score_coco_ranks_people_by(coco_root):
+    from pnfs_pipeline.config import DataParams, SampleParams
+    from pnfs_pipeline.data.sample_index import (
+        build_sample_indexes,
+        locate_raw_data,
+        validate_raw_data,
+    )
+    from pnfs_pipeline.keypoints import load_keypoint_spec
+    from pnfs_pipeline.pipelines.evaluate.nodes import plot_validation_overlays
+
+    data, spec = DataParams(source="coco", root=str(coco_root)), load_keypoint_spec("coco")
+    sample = SampleParams(input_size=(48, 64), heatmap_size=(12, 16))
+    val = build_sample_indexes(validate_raw_data(locate_raw_data(data), spec, data, sample), spec, data)["val"]
+    count = len(val["samples"])
+    keypoints = np.zeros((count, 17, 3))
+    keypoints[..., 2] = 0.1  # below vis_threshold 0.2: not in the score
+    keypoints[:, :4, 2] = 0.9
+    predictions = {"boxes": "ground_truth", "keypoints": keypoints, "indices": np.arange(count), "scores": np.full(count, 0.5)}
+    figure = plot_validation_overlays(predictions, val, val, {"num_overlays": count})
+    titles = [axis.get_title() for axis in figure.axes if axis.get_title()]
+    assert len(titles) == count
+    assert all(title.endswith("score 0.45") for title in titles), titles  # 0.5 x 0.9, not the mean 0.29

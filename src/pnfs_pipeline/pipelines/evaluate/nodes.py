@@ -13,6 +13,7 @@ from pnfs_pipeline.config import EvaluateParams, SampleParams, parse_params
 from pnfs_pipeline.data.dataset import TopDownDataset, read_rgb_image
 from pnfs_pipeline.engine.checkpoint import load_checkpoint
 from pnfs_pipeline.engine.trainer import resolve_device
+from pnfs_pipeline.evaluation.coco_eval import rescore
 from pnfs_pipeline.evaluation.predict import predict_dataset
 from pnfs_pipeline.evaluation.report import score_coco, score_mpii
 from pnfs_pipeline.keypoints import keypoint_spec_from_dict
@@ -105,6 +106,9 @@ def plot_validation_overlays(
     spec = keypoint_spec_from_dict(samples["keypoint_spec"], source="val_samples")
     keypoints = np.asarray(predictions["keypoints"])
     indices = np.asarray(predictions["indices"], dtype=int)
+    # The score COCO ranks the person by (the results file's): box score x the mean confidence
+    # of its keypoints above vis_threshold.
+    scores = rescore(keypoints, np.asarray(predictions["scores"]), params.vis_threshold)
     rng = np.random.default_rng(params.seed)
     chosen = sorted(rng.choice(len(indices), size=min(params.num_overlays, len(indices)), replace=False).tolist())
     images, preds, truths, titles = [], [], [], []
@@ -114,5 +118,5 @@ def plot_validation_overlays(
         preds.append(keypoints[i])
         truth = np.asarray(record["keypoints"], dtype=float)
         truths.append(truth if truth[:, 2].any() else None)
-        titles.append(f"image {record['image_id']}, score {np.mean(keypoints[i][:, 2]):.2f}")
+        titles.append(f"image {record['image_id']}, score {scores[i]:.2f}")
     return plot_prediction_overlays(images, preds, truths, spec, titles, params.vis_threshold)
