@@ -50,14 +50,24 @@ def test_dark_recovers_sub_pixel_keypoints_with_any_smoothing_window(kernel):
     assert np.abs(coords[0] - truth[:, :2]).max() <= 0.05
 
 
-def test_dark_keeps_the_quarter_pixel_shift_where_its_step_cannot_be_taken():
+def test_the_quarter_pixel_shift_follows_the_reference_code_at_the_border():
+    # HRNet's / the original's get_final_preds: only 1 < x < W-1 and 1 < y < H-1 move, both axes.
+    maps = np.zeros((1, 3, 18, 24))
+    for joint, (x, y) in enumerate([(1, 10), (8, 0), (8, 5)]):
+        maps[0, joint, y, x] = 1.0
+        maps[0, joint, y, x + 1] = maps[0, joint, y + 1, x] = 0.5  # right and lower neighbours higher
+    coords, _ = decode_heatmaps(maps, "argmax")
+    np.testing.assert_array_equal(coords[0], [[1.0, 10.0], [8.0, 0.0], [8.25, 5.25]])
+
+
+def test_dark_falls_back_to_the_quarter_pixel_rule_where_its_step_cannot_be_taken():
     # Peaks on the first / second column: too close to the border for the 5-point derivatives.
     truth = np.array([[0.2, 10.2, 2.0], [1.2, 6.6, 2.0]])
     maps, _ = gaussian_heatmaps(truth, (18, 24), sigma=2.25)
     dark, _ = decode_heatmaps(maps[None], "dark")
     argmax, _ = decode_heatmaps(maps[None], "argmax")
-    np.testing.assert_array_equal(dark[0, :, 0], argmax[0, :, 0])
-    assert np.abs(dark[0] - truth[:, :2]).max() <= 0.25
+    np.testing.assert_array_equal(dark[0], argmax[0])
+    np.testing.assert_array_equal(dark[0], [[0.0, 10.0], [1.0, 7.0]])  # on the peak's pixel, as the reference
 
 
 def test_dark_rejects_an_even_smoothing_window():

@@ -29,20 +29,23 @@ def argmax_coordinates(heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def quarter_offset(heatmaps: np.ndarray, coords: np.ndarray) -> np.ndarray:
-    """Move each peak a quarter pixel toward its higher neighbour (vectorised)."""
+    """Move each peak a quarter pixel toward its higher neighbour on each axis (vectorised).
+
+    As the reference code (the original's and HRNet's ``get_final_preds``): only peaks with
+    1 < x < W - 1 and 1 < y < H - 1 move, on both axes; the others stay on their pixel.
+    """
     n, k, h, w = heatmaps.shape
     x = coords[..., 0].astype(int)
     y = coords[..., 1].astype(int)
     refined = coords.copy()
-    inner_x = (x > 0) & (x < w - 1)
-    inner_y = (y > 0) & (y < h - 1)
+    inner = (x > 1) & (x < w - 1) & (y > 1) & (y < h - 1)
     batch, joint = np.meshgrid(np.arange(n), np.arange(k), indexing="ij")
     xl, xr = np.clip(x - 1, 0, w - 1), np.clip(x + 1, 0, w - 1)
     yu, yd = np.clip(y - 1, 0, h - 1), np.clip(y + 1, 0, h - 1)
     dx = heatmaps[batch, joint, y, xr] - heatmaps[batch, joint, y, xl]
     dy = heatmaps[batch, joint, yd, x] - heatmaps[batch, joint, yu, x]
-    refined[..., 0] += np.where(inner_x, np.sign(dx) * 0.25, 0.0)
-    refined[..., 1] += np.where(inner_y, np.sign(dy) * 0.25, 0.0)
+    refined[..., 0] += np.where(inner, np.sign(dx) * 0.25, 0.0)
+    refined[..., 1] += np.where(inner, np.sign(dy) * 0.25, 0.0)
     return refined
 
 
@@ -52,7 +55,7 @@ def dark_refine(heatmaps: np.ndarray, coords: np.ndarray, kernel: int = 3) -> np
     ``kernel`` is the smoothing window (odd; 1 = no smoothing). DARK's 11 suits 64x48 heatmaps;
     on the default's 24x18 it over-smooths and scored below the plain argmax, while 3 or 5 beat
     the argmax by 0.02-0.04 AP on four retrained networks (measured). Peaks too close to the
-    border for the step, or whose step leaves the pixel, keep the quarter-pixel shift.
+    border for the step, or whose step leaves the pixel, get the quarter-pixel rule.
     """
     if kernel < 1 or kernel % 2 == 0:
         raise ValueError(f"the DARK smoothing kernel must be a positive odd number, got {kernel}")
