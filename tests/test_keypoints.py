@@ -60,9 +60,17 @@ def test_a_users_own_spec_loads_from_yaml(tmp_path):
     spec = load_keypoint_spec(path)
     assert spec.num_keypoints == 4 and spec.body_parts(2)["fingers"] == (1, 2, 3)
     assert spec.joint_weights == (1.0,) * 4
-    # to_dict round-trips, which is how sample indexes carry the spec along.
-    assert keypoint_spec_from_dict(spec.to_dict()) == keypoint_spec_from_dict(spec.to_dict())
-    assert keypoint_spec_from_dict(spec.to_dict()).parts == spec.parts
+
+
+@pytest.mark.parametrize("name", ["coco", "mpii", "hand"])
+def test_to_dict_round_trips_every_field(name, tmp_path):
+    """How sample indexes carry the spec along (flip pairs, PCKh groups and parts included)."""
+    if name == "hand":
+        (tmp_path / "hand.yml").write_text(yaml.safe_dump(_hand_spec()))
+        name = tmp_path / "hand.yml"
+    spec = load_keypoint_spec(name)
+    again = keypoint_spec_from_dict(spec.to_dict(), source=spec.source)
+    assert again == spec
 
 
 @pytest.mark.parametrize(

@@ -132,11 +132,15 @@ def test_half_body_crop_covers_the_chosen_half():
     keypoints[:, 0] = np.linspace(100, 140, 17)
     keypoints[:, 1] = np.linspace(50, 250, 17)
     keypoints[:, 2] = 2
-    center, size = half_body_crop(
-        keypoints, spec.upper_body, spec.lower_body, 0.75, np.random.default_rng(3)
-    )
-    assert size[0] / size[1] == pytest.approx(0.75)
-    assert size[1] < 200 * 1.5 and 50 <= center[1] <= 250
+    # rng(3) draws 0.086 (< 0.5: the upper body, joints 0-10), rng(0) 0.637 (the lower, 11-16).
+    # Upper: x 100..125, y 50..175; lower: x 127.5..140, y 187.5..250. The crop keeps the joints'
+    # height, widens to 3:4 and pads by 1.5.
+    center, size = half_body_crop(keypoints, spec.upper_body, spec.lower_body, 0.75, np.random.default_rng(3))
+    np.testing.assert_allclose(center, [112.5, 112.5])
+    np.testing.assert_allclose(size, [125 * 0.75 * 1.5, 125 * 1.5])
+    center, size = half_body_crop(keypoints, spec.upper_body, spec.lower_body, 0.75, np.random.default_rng(0))
+    np.testing.assert_allclose(center, [133.75, 218.75])
+    np.testing.assert_allclose(size, [62.5 * 0.75 * 1.5, 62.5 * 1.5])
 
 
 def test_augmentation_respects_its_bounds_and_is_seeded():

@@ -45,13 +45,15 @@ def test_ohkm_keeps_only_each_samples_hardest_keypoints():
     torch.manual_seed(0)
     target = torch.rand(3, 5, 4, 4)
     weight = torch.ones(3, 5)
-    weight[0, 2] = 0.0  # an unlabelled joint never counts as hard
+    weight[0, 4] = 0.0  # sample 0's noisiest joint, unlabelled: never counts as hard
     batch = {"heatmaps": target, "target_weight": weight}
     pred = target + torch.randn_like(target) * torch.linspace(0.1, 1.0, 5).view(1, 5, 1, 1)
     per_joint = ((pred - target) ** 2).mean(dim=(2, 3)) * weight
     assert joints_mse_loss(pred, batch, ohkm_topk=5).item() == pytest.approx(joints_mse_loss(pred, batch).item())
     hardest_two = per_joint.sort(dim=1, descending=True).values[:, :2]
     assert joints_mse_loss(pred, batch, ohkm_topk=2).item() == pytest.approx(0.5 * hardest_two.mean().item())
+    unweighted = ((pred - target) ** 2).mean(dim=(2, 3))
+    assert unweighted[0].argmax() == 4 and per_joint[0].argmax() != 4  # the weight changes sample 0's choice
     with pytest.raises(ValueError, match="ohkm_topk 6 exceeds the 5 keypoints"):
         joints_mse_loss(pred, batch, ohkm_topk=6)
 

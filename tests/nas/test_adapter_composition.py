@@ -243,12 +243,16 @@ def test_supernet_training_pass_is_unchanged_by_composition(monkeypatch):
 
 def test_without_gradients_the_connections_read_the_adapted_maps(monkeypatch):
     """Inference and size profiling run the architecture as written (MACs as the paper counts)."""
+    monkeypatch.setattr(ops_module, "COMPOSITION_MIN_GAIN", 0.0)  # every connection worth composing
     model = _small_supernet().eval()
-    monkeypatch.setattr(
-        ops_module, "connect_through_adapter", lambda *args, **kwargs: pytest.fail("composed without gradients")
-    )
+    x = torch.randn(1, 3, 64, 48, dtype=torch.float64)
+    composed_calls = _record_composed_calls(monkeypatch)
+    model(x)
+    assert composed_calls  # with gradients they compose ...
+    composed_calls.clear()
     with torch.no_grad():
-        model(torch.randn(1, 3, 64, 48, dtype=torch.float64))
+        model(x)
+    assert composed_calls == []  # ... without, none does
 
 
 def _training_pass(model: nn.Module, state: dict, x: torch.Tensor):
@@ -281,6 +285,9 @@ def test_derived_network_training_pass_is_unchanged_by_composition(monkeypatch):
     out, grads = _training_pass(model, state, x)
     assert {type(c) for c in composed_calls} == {ReduceConnect, UpsampleConnect}
     calls = len(composed_calls)
+    with torch.no_grad():
+        model(x)
+    assert len(composed_calls) == calls  # inference reads the adapted maps
     assert set_adapter_composition(model, False) == len(list(model.parts[0].cells)) * 2
     expected, expected_grads = _training_pass(model, state, x)
     assert len(composed_calls) == calls

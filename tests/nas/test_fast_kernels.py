@@ -290,7 +290,7 @@ def test_weighted_sum_mixed_precision_inputs():
         weighted_sum(weights, [full])
 
 
-def test_benchmark_training_row_runs_in_its_own_process():
+def test_every_benchmark_training_mode_runs_and_reports_its_figures():
     from pnfs_pipeline.benchmarks import TRAINING_MODES, measure_training
 
     for mode in TRAINING_MODES:
