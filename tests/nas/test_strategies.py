@@ -296,3 +296,33 @@ def test_gumbel_samples_one_backbone_op_per_edge_and_trains_its_logits():
     joints_mse_loss(model(batch["image"], weights), batch).backward()
     assert model.backbone.alphas.grad is not None and model.backbone.alphas.grad.abs().sum() > 0
     assert model.backbone.betas.grad is not None and model.backbone.betas.grad.abs().sum() > 0
+
+
+def test_a_fresh_run_does_not_overwrite_a_stopped_runs_checkpoint(tmp_path):
+    from pnfs_pipeline.engine.trainer import TrainingJob, UnfinishedRunError, run_training
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_the_first_epoch(epoch, metrics, model):
+        raise Stop
+
+    def job(resume: bool) -> TrainingJob:
+        return TrainingJob(
+            model_builder=tiny_supernet,
+            train_dataset=RandomPoses(8, seed=3),
+            val_dataset=RandomPoses(4, seed=4),
+            config=TrainConfig(epochs=2, batch_size=4, device="cpu"),
+            strategy=StrategyConfig(name="sync"),
+            checkpoint_path=str(tmp_path / "last.pt"),
+            resume=resume,
+        )
+
+    with pytest.raises(Stop):
+        run_training(job(resume=False), on_epoch_end=stop_after_the_first_epoch)
+    written = (tmp_path / "last.pt").read_bytes()
+    with pytest.raises(UnfinishedRunError, match=r"last.pt holds a run stopped after epoch 1 of 2.*search.resume=true"):
+        run_training(job(resume=False))
+    assert (tmp_path / "last.pt").read_bytes() == written
+    assert [h["epoch"] for h in run_training(job(resume=True)).history] == [1, 2]
+    run_training(job(resume=False))  # a finished run's checkpoint may be replaced

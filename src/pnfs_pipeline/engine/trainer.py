@@ -50,6 +50,26 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; the message names epoch and step."""
 
 
+class UnfinishedRunError(RuntimeError):
+    """A fresh run would replace the last checkpoint of a run that stopped before its end."""
+
+
+def refuse_to_replace_an_unfinished_run(path: str | Path | None) -> None:
+    """A run that is not resuming writes its first epoch over ``path``: refused when the file
+    holds a run stopped before its last epoch (hours of training lost to a forgotten flag)."""
+    if path is None or not Path(path).is_file():
+        return
+    state = load_checkpoint(path)
+    done = int(state.get("epoch", -1)) + 1
+    planned = state.get("config", {}).get("train", {}).get("epochs")
+    if planned is not None and done < planned:
+        raise UnfinishedRunError(
+            f"{path} holds a run stopped after epoch {done} of {planned}, which a new run would "
+            "overwrite: continue it with --params=\"search.resume=true\" (or retrain.resume=true), "
+            "or move the file away to start afresh"
+        )
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 4
@@ -624,6 +644,8 @@ def run_training(
     Launched workers report back when they finish; ``on_epoch_end`` then sees each epoch's
     metrics (without a model) in this process, the only one that logs.
     """
+    if not job.resume:
+        refuse_to_replace_an_unfinished_run(job.checkpoint_path)
     if env_world_size() > 1:
         context = init_from_env(resolve_device(job.config.device).type)
         return _execute(job, on_epoch_end if context.is_main else None, context)
