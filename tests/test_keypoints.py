@@ -97,3 +97,16 @@ def test_bad_specs_fail_naming_the_problem(change, message):
 def test_unknown_shipped_spec_lists_the_available_ones():
     with pytest.raises(KeypointSpecError, match=r"\['coco', 'mpii'\]"):
         load_keypoint_spec("horse")
+
+
+def test_a_model_and_data_of_different_keypoints_are_named():
+    from pnfs_pipeline.keypoints import check_same_keypoints
+
+    coco, mpii = load_keypoint_spec("coco").to_dict(), load_keypoint_spec("mpii").to_dict()
+    check_same_keypoints(coco, dict(coco, sigmas=[0.1] * 17), "model.pt", "val_samples")  # OKS sigmas may differ
+    check_same_keypoints(None, coco, "old.pt", "val_samples")  # a checkpoint that records no spec
+    with pytest.raises(KeypointSpecError, match=r"model.pt was trained on keypoint spec 'coco' \(17 keypoints\), val_samples holds spec 'mpii' \(16 keypoints\)"):
+        check_same_keypoints(coco, mpii, "model.pt", "val_samples")
+    unflipped = dict(coco, flip_pairs=coco["flip_pairs"][1:])
+    with pytest.raises(KeypointSpecError, match="differ in flip_pairs"):
+        check_same_keypoints(coco, unflipped, "model.pt", "val_samples")

@@ -97,6 +97,26 @@ class KeypointSpec:
         }
 
 
+def check_same_keypoints(model_spec: dict[str, Any] | None, data_spec: dict[str, Any], model_source: str, data_source: str) -> None:
+    """A network predicts the keypoints of the spec it was trained on, in its order, and its
+    flip test swaps that spec's pairs: on another spec's data it would fail deep in torch, or,
+    with as many keypoints, score the wrong ones silently. ``None``: the model records no spec."""
+    if model_spec is None:
+        return
+    differences = [name for name in ("keypoints", "flip_pairs") if _as_lists(model_spec.get(name)) != _as_lists(data_spec.get(name))]
+    if differences:
+        raise KeypointSpecError(
+            f"{model_source} was trained on keypoint spec {model_spec.get('name')!r} "
+            f"({len(model_spec.get('keypoints') or [])} keypoints), {data_source} holds spec "
+            f"{data_spec.get('name')!r} ({len(data_spec.get('keypoints') or [])} keypoints); they differ in "
+            f"{' and '.join(differences)}: prepare the data with the model's spec, or train on this data"
+        )
+
+
+def _as_lists(value: Any) -> Any:
+    return [_as_lists(item) for item in value] if isinstance(value, list | tuple) else value
+
+
 def _fail(source: str, field_name: str, reason: str) -> KeypointSpecError:
     return KeypointSpecError(f"{source}: field '{field_name}': {reason}")
 

@@ -52,6 +52,15 @@ def test_derive_and_retrain_after_search(kedro_project):
     checkpoints = sorted((data / "06_models" / "retrained.pt").glob("*/retrained.pt"))
     assert load_checkpoint(checkpoints[-1])["config"]["genotype"] == edited
 
+    # A supernet searched on another keypoint spec cannot pass its weights on.
+    from pnfs_pipeline.engine.checkpoint import save_checkpoint
+
+    supernet_file = next((data / "06_models" / "supernet.pt").glob("*/supernet.pt"))
+    other = dict(supernet["config"]["keypoint_spec"], keypoints=list(reversed(supernet["config"]["keypoint_spec"]["keypoints"])))
+    save_checkpoint({**supernet, "config": {**supernet["config"], "keypoint_spec": other}}, supernet_file)
+    with pytest.raises(ValueError, match=r"supernet_checkpoint was trained on keypoint spec 'coco' .* train_samples holds"):
+        run_pipeline(kedro_project, "retrain", {**params, "retrain.keypoint_sigmas": None}, from_nodes=["retrain_network"])
+
 
 @pytest.mark.parametrize(("pipeline", "command"), [("derive", "search"), ("retrain", "search")])
 def test_running_too_early_names_the_command_to_run_first(kedro_project, pipeline, command):

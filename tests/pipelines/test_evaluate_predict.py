@@ -64,6 +64,20 @@ def test_evaluate_and_predict_after_retrain(kedro_project):
     run_pipeline(kedro_project, "evaluate", {**FAST, "evaluate.checkpoint": "elsewhere/model.pt"})
     assert json.loads((data / "08_reporting" / "evaluation_metrics.json").read_text())["checkpoint"] == "elsewhere/model.pt"
 
+    # A model of another keypoint spec, or a file that is not one of our checkpoints, is refused by name.
+    from pnfs_pipeline.engine.checkpoint import load_checkpoint, save_checkpoint
+    from pnfs_pipeline.keypoints import load_keypoint_spec
+
+    state = load_checkpoint(chosen)
+    reordered = load_keypoint_spec("coco").to_dict()
+    reordered["keypoints"][1:3] = reordered["keypoints"][2:0:-1]  # left and right eye swapped
+    save_checkpoint({**state, "config": {**state["config"], "keypoint_spec": reordered}}, chosen.with_name("swapped.pt"))
+    with pytest.raises(ValueError, match=r"elsewhere/swapped.pt was trained on keypoint spec 'coco' \(17 keypoints\), val_samples .* differ in keypoints"):
+        run_pipeline(kedro_project, "evaluate", {**FAST, "evaluate.checkpoint": "elsewhere/swapped.pt"})
+    save_checkpoint(state["model"], chosen.with_name("weights_only.pt"))
+    with pytest.raises(ValueError, match=r"elsewhere/weights_only.pt: not a checkpoint of this project"):
+        run_pipeline(kedro_project, "evaluate", {**FAST, "evaluate.checkpoint": "elsewhere/weights_only.pt"})
+
 
 def test_evaluate_before_a_model_exists_names_the_command(kedro_project):
     with pytest.raises(MissingUpstreamError, match=r"run `kedro run --pipeline=(retrain|search)` first"):

@@ -315,9 +315,16 @@ def inherit_supernet_weights(
     return len(copied)
 
 
-def network_from_checkpoint(checkpoint: dict[str, Any]) -> nn.Module:
-    """Rebuild the network a checkpoint was trained with (derived or supernet) and load it."""
-    config = checkpoint.get("config", {})
+def network_from_checkpoint(checkpoint: dict[str, Any], source: str = "checkpoint") -> nn.Module:
+    """Rebuild the network a checkpoint was trained with (derived or supernet) and load it;
+    errors name ``source``."""
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict) or not isinstance(checkpoint.get("config"), dict):
+        found = sorted(map(str, checkpoint))[:8] if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise ValueError(
+            f"{source}: not a checkpoint of this project's search or retraining (needs 'model' and "
+            f"'config', found {found})"
+        )
+    config = checkpoint["config"]
     if "genotype" in config:
         network: nn.Module = DerivedNetwork(config["genotype"])
     elif "model" in config and "keypoint_spec" in config:
@@ -328,6 +335,9 @@ def network_from_checkpoint(checkpoint: dict[str, Any]) -> nn.Module:
         model = ModelParams(**{**config["model"], "pretrained_backbone": None})
         network = build_supernet(keypoint_spec_from_dict(config["keypoint_spec"], source="checkpoint"), model)
     else:
-        raise ValueError("the checkpoint holds neither a genotype nor a model configuration")
-    network.load_state_dict(checkpoint["model"])
+        raise ValueError(f"{source}: the checkpoint holds neither a genotype nor a model configuration")
+    try:
+        network.load_state_dict(checkpoint["model"])
+    except RuntimeError as error:
+        raise ValueError(f"{source}: its weights do not fit the network its configuration describes: {error}") from error
     return network

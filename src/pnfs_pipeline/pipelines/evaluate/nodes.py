@@ -16,7 +16,7 @@ from pnfs_pipeline.engine.trainer import resolve_device
 from pnfs_pipeline.evaluation.coco_eval import rescore
 from pnfs_pipeline.evaluation.predict import predict_dataset
 from pnfs_pipeline.evaluation.report import score_coco, score_mpii
-from pnfs_pipeline.keypoints import keypoint_spec_from_dict
+from pnfs_pipeline.keypoints import check_same_keypoints, keypoint_spec_from_dict
 from pnfs_pipeline.nas.derived import network_from_checkpoint
 from pnfs_pipeline.pipelines.tracking import log_metrics
 from pnfs_pipeline.viz.skeleton import plot_prediction_overlays
@@ -34,13 +34,21 @@ def predict_validation(
     """Keypoints for every validation crop (ground-truth or detected boxes)."""
     params = parse_params(EvaluateParams, evaluate, "evaluate")
     checkpoint = load_checkpoint(params.checkpoint) if params.checkpoint else retrained_checkpoint
+    source = params.checkpoint or "retrained_checkpoint"
+    network = network_from_checkpoint(checkpoint, source)
     samples = val_samples if params.boxes == "ground_truth" else val_detection_samples
     if not samples["samples"]:
         raise ValueError(f"no validation samples with {params.boxes} boxes (see the prepare pipeline's data summary)")
+    check_same_keypoints(
+        checkpoint["config"].get("keypoint_spec"),
+        samples["keypoint_spec"],
+        source,
+        "val_samples" if params.boxes == "ground_truth" else "val_detection_samples",
+    )
     sample_params = parse_params(SampleParams, checkpoint["config"].get("sample", sample), "sample")
     dataset = TopDownDataset(samples, sample_params, None)
     predictions = predict_dataset(
-        network_from_checkpoint(checkpoint),
+        network,
         dataset,
         batch_size=params.batch_size,
         flip_test=params.flip_test,

@@ -38,6 +38,7 @@ def predict_images(
     if not images:
         raise ValueError("no images to predict on: put images in data/01_raw/predict_images (see README)")
     loaded = {Path(name).name: np.asarray(load().convert("RGB")) for name, load in sorted(images.items())}
+    network = network_from_checkpoint(retrained_checkpoint, "retrained_checkpoint")
     config = retrained_checkpoint["config"]
     spec = keypoint_spec_from_dict(config["keypoint_spec"], source="retrained_checkpoint")
     sample = parse_params(SampleParams, config["sample"], "sample")
@@ -45,7 +46,7 @@ def predict_images(
     index = image_samples(loaded, boxes, spec, sample.aspect_ratio, sample.box_padding, params.boxes_file or "")
     dataset = TopDownDataset(index, sample, None, images=loaded)
     predictions = predict_dataset(
-        network_from_checkpoint(retrained_checkpoint),
+        network,
         dataset,
         batch_size=params.batch_size,
         flip_test=params.flip_test,

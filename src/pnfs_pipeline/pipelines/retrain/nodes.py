@@ -18,7 +18,7 @@ from pnfs_pipeline.config import (
 from pnfs_pipeline.data.dataset import train_and_val_datasets
 from pnfs_pipeline.data.targets import keypoint_sigmas
 from pnfs_pipeline.engine.trainer import TrainConfig, TrainingJob, run_training
-from pnfs_pipeline.keypoints import keypoint_spec_from_dict
+from pnfs_pipeline.keypoints import KeypointSpecError, check_same_keypoints, keypoint_spec_from_dict
 from pnfs_pipeline.nas.backbones import load_pretrained
 from pnfs_pipeline.nas.derived import DerivedNetwork, inherit_supernet_weights
 from pnfs_pipeline.nas.profile import count_parameters
@@ -41,8 +41,17 @@ def retrain_network(
     params = parse_params(RetrainParams, retrain, "retrain")
     model_params = parse_params(ModelParams, model, "model")
     sample_params = parse_params(SampleParams, sample, "sample")
+    spec = keypoint_spec_from_dict(train_samples["keypoint_spec"], source="train_samples")
+    if genotype["network"]["num_keypoints"] != spec.num_keypoints:
+        raise KeypointSpecError(
+            f"genotype: network.num_keypoints is {genotype['network']['num_keypoints']}, train_samples hold "
+            f"spec {spec.name!r} with {spec.num_keypoints} keypoints: derive the genotype from a search on this data"
+        )
+    if params.init == "inherit":
+        check_same_keypoints(
+            supernet_checkpoint["config"].get("keypoint_spec"), train_samples["keypoint_spec"], "supernet_checkpoint", "train_samples"
+        )
     if params.keypoint_sigmas is not None:
-        spec = keypoint_spec_from_dict(train_samples["keypoint_spec"], source="train_samples")
         # Resolved here so that a bad name fails before any training, naming this parameter.
         sigmas = keypoint_sigmas(spec, sample_params.sigma, params.keypoint_sigmas, "retrain.keypoint_sigmas")
         logger.info(
