@@ -169,11 +169,13 @@ def test_multi_scale_test_puts_a_keypoint_where_it_is_in_the_image(crop_scales):
     np.testing.assert_allclose(predictions["areas"], [box_area], rtol=1e-6)
 
 
-def test_no_people_to_predict_gives_empty_results_not_a_crash():
+def test_no_people_to_predict_gives_empty_results_not_a_crash(caplog):
     """A boxes file of ``[]`` (a detector that found nobody): empty, correctly shaped outputs."""
     image = np.zeros((40, 30, 3), dtype=np.uint8)
     sample = SampleParams(input_size=(48, 64), heatmap_size=(12, 16), sigma=1.0)
-    index = image_samples({"a.png": image}, [], COCO, sample.aspect_ratio, sample.box_padding)
+    with caplog.at_level("WARNING"):
+        index = image_samples({"a.png": image}, [], COCO, sample.aspect_ratio, sample.box_padding)
+    assert "no box for 1 image(s), which get no keypoints: a.png" in caplog.text
     dataset = TopDownDataset(index, sample, None, images={"a.png": image})
     predictions = predict_dataset(_BrightnessAtStride(), dataset)
     assert predictions["keypoints"].shape == (0, 17, 3) and predictions["scores"].shape == (0,)
@@ -195,6 +197,13 @@ def test_bad_boxes_name_the_file_and_record(box, message):
     image = np.zeros((40, 30, 3), dtype=np.uint8)
     with pytest.raises(BadInputError, match=rf"boxes.json \[record 1\]: {message}"):
         image_samples({"a.png": image}, [{"file_name": "a.png", "bbox": [1, 1, 9, 9]}, box], COCO, 0.75, 1.25, "boxes.json")
+
+
+def test_a_boxes_file_that_is_not_a_list_says_so():
+    image = np.zeros((40, 30, 3), dtype=np.uint8)
+    boxes = {"a.png": [{"bbox": [1, 1, 9, 9]}]}  # keyed by image: a plausible slip
+    with pytest.raises(BadInputError, match="boxes.json: the top level must be a list of boxes, found a dict"):
+        image_samples({"a.png": image}, boxes, COCO, 0.75, 1.25, "boxes.json")
 
 
 def test_crop_scale_resampling_reports_where_a_zoomed_crop_covers_the_box():

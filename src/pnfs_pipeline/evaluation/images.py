@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
 
 from pnfs_pipeline.data.records import BadInputError, all_finite, box_to_center_size
 from pnfs_pipeline.keypoints import KeypointSpec
+
+logger = logging.getLogger(__name__)
 
 
 def image_samples(
@@ -29,6 +32,8 @@ def image_samples(
             center, size = box_to_center_size([0.0, 0.0, float(width), float(height)], aspect_ratio, 1.0)
             samples.append(_sample(name, ids[name], len(samples), center, size, 1.0, spec))
     else:
+        if not isinstance(boxes, list):
+            raise BadInputError(f"{boxes_source}: the top level must be a list of boxes, found a {type(boxes).__name__}")
         for position, box in enumerate(boxes):
             name = box.get("file_name") if isinstance(box, dict) else None
             if not isinstance(name, str) or name not in images:
@@ -38,6 +43,9 @@ def image_samples(
                 raise BadInputError(f"{boxes_source} [record {position}]: bbox must be [x, y, w, h] with positive size")
             center, size = box_to_center_size(bbox, aspect_ratio, padding)
             samples.append(_sample(name, ids[name], position, center, size, float(score), spec))
+        unboxed = sorted(set(names) - {sample["image"] for sample in samples})
+        if unboxed:
+            logger.warning("%s: no box for %d image(s), which get no keypoints: %s", boxes_source, len(unboxed), ", ".join(unboxed[:10]))
     return {"dataset": "images", "image_root": ".", "keypoint_spec": spec.to_dict(), "samples": samples}
 
 
