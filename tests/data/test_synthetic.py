@@ -183,15 +183,30 @@ def test_dataset_exists_tracks_config_and_completeness(tmp_path: Path) -> None:
     assert not synthetic_dataset_exists(tmp_path, config)
 
 
-def test_refuses_to_overwrite_foreign_annotations(tmp_path: Path) -> None:
-    config = SyntheticConfig(num_train_images=1, num_val_images=1, mpii=False)
-    ann = synthetic_paths(tmp_path)["train_annotations"]
-    ann.parent.mkdir(parents=True)
-    ann.write_text("{}", encoding="utf-8")
-    with pytest.raises(FileExistsError):
+@pytest.mark.parametrize("existing", ["train_annotations", "detections", "mpii_valid", "mpii_gt_valid", "val_images"])
+def test_refuses_to_overwrite_foreign_data(tmp_path: Path, existing: str) -> None:
+    """A real dataset at data.root by mistake: annotations, detections, MPII files or images."""
+    config = SyntheticConfig(num_train_images=1, num_val_images=1)
+    named = path = synthetic_paths(tmp_path)[existing]
+    if existing.endswith("images"):
+        path.mkdir(parents=True)
+        path = path / "000000000001.jpg"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("{}", encoding="utf-8")
+    with pytest.raises(FileExistsError, match=rf"already holds data that was not generated here \({named}\)"):
         generate_synthetic_dataset(tmp_path, config)
+    assert path.read_text(encoding="utf-8") == "{}"
     generate_synthetic_dataset(tmp_path, config, overwrite_foreign=True)
     assert synthetic_dataset_exists(tmp_path, config)
+
+
+def test_real_mpii_files_do_not_stop_a_coco_only_generation(tmp_path: Path) -> None:
+    config = SyntheticConfig(num_train_images=1, num_val_images=1, mpii=False)
+    mine = synthetic_paths(tmp_path)["mpii_valid"]
+    mine.parent.mkdir(parents=True)
+    mine.write_text("[]", encoding="utf-8")
+    generate_synthetic_dataset(tmp_path, config)
+    assert synthetic_dataset_exists(tmp_path, config) and mine.read_text(encoding="utf-8") == "[]"
 
 
 def test_mpii_variant(forced_root: Path) -> None:

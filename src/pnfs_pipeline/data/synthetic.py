@@ -1493,14 +1493,18 @@ def generate_synthetic_dataset(
 
     The manifest is removed first and written last, so an interrupted run is never taken
     for a complete dataset.  To avoid clobbering a real dataset placed at ``root`` by
-    mistake, existing COCO annotation files without a synthetic manifest raise
-    ``FileExistsError`` unless ``overwrite_foreign`` is set. ``workers`` > 1 renders in
-    that many processes; the files are the same as with one.
+    mistake, any file this would write (annotations, detections, the MPII files, images)
+    that exists without a synthetic manifest raises ``FileExistsError`` unless
+    ``overwrite_foreign`` is set. ``workers`` > 1 renders in that many processes; the files
+    are the same as with one.
     """
     start = time.perf_counter()
     root = Path(root)
     paths = synthetic_paths(root)
-    foreign = any(paths[k].exists() for k in ("train_annotations", "val_annotations"))
+    files = ("train_annotations", "val_annotations", "detections") + (("mpii_train", "mpii_valid", "mpii_gt_valid") if config.mpii else ())
+    folders = ("train_images", "val_images") + (("mpii_images",) if config.mpii else ())
+    foreign = [paths[k] for k in files if paths[k].exists()]
+    foreign += [paths[k] for k in folders if paths[k].is_dir() and any(paths[k].iterdir())]
     if (
         foreign
         and _read_manifest(root) is None
@@ -1508,8 +1512,8 @@ def generate_synthetic_dataset(
         and not overwrite_foreign
     ):
         raise FileExistsError(
-            f"{root} already holds COCO annotations that were not generated here; "
-            "refusing to overwrite (pass overwrite_foreign=True to force)"
+            f"{root} already holds data that was not generated here ({', '.join(str(f) for f in foreign[:3])}"
+            f"{' ...' if len(foreign) > 3 else ''}); refusing to overwrite it: point data.root at another folder"
         )
     root.mkdir(parents=True, exist_ok=True)
     (root / IN_PROGRESS_MARKER).write_text("generation in progress\n", encoding="utf-8")
