@@ -447,3 +447,22 @@ def test_benchmark_row_peak_memory_is_the_measuring_process_own():
     row = measure_training("mobilenet_v2_CNFx3", (32, 32), 2, 1, torch.device("cpu"), next(iter(TRAINING_MODES)), 1)
     del ballast
     assert 0 < row["peak_memory_mb"] < suite_peak - 1024
+
+
+@needs_kernels
+def test_weight_gradient_sum_does_not_depend_on_which_thread_finishes_first():
+    """sum(g * x) over 8 threads: the threads' shares are added in a fixed order, so the
+    architecture gradients (and the searched genotype) repeat exactly on many-core machines."""
+    from pnfs_pipeline.nas.native_kernels import kernel
+
+    # Eight equal shares: 2^54 in the first, -2^54 in the third, 1 in the others. In double
+    # 2^54 + 1 rounds to 2^54, so the total depends on the order the shares are added in.
+    x = torch.zeros(8, 8192)
+    x[0], x[2], x[[1, 3, 4, 5, 6, 7], 0] = 2.0**41, -(2.0**41), 1.0
+    x, g = x.flatten(), torch.ones(8 * 8192)
+    dot = torch.zeros((), dtype=torch.float64)
+    results = set()
+    for _ in range(1000):
+        assert kernel("pnfs_scale_and_dot", torch.float32)(g.data_ptr(), x.data_ptr(), x.numel(), 1.0, 8, None, dot.data_ptr()) == 0
+        results.add(dot.item())
+    assert results == {5.0}  # thread order: (2^54 + 1) - 2^54 + 5 x 1

@@ -14,10 +14,14 @@
     int pnfs_scale_and_dot_##NAME(const TYPE *g, const TYPE *x, int64_t n, float factor,        \
                                   int threads, TYPE *out, double *dot) {                        \
         if (n < 0 || threads < 1) return 1;                                                     \
-        double total = 0.0;                                                                     \
-        _Pragma("omp parallel num_threads(threads) reduction(+ : total)")                       \
+        /* Each thread's share, added in thread order afterwards: OpenMP's reduction adds them   \
+         * in the order threads finish, so with 3+ threads the result varied between runs. */   \
+        double *partial = calloc((size_t)threads, sizeof(double));                              \
+        if (!partial) return 2;                                                                 \
+        _Pragma("omp parallel num_threads(threads)")                                            \
         {                                                                                       \
             int t = omp_get_thread_num(), n_threads = omp_get_num_threads();                    \
+            double total = 0.0;                                                                 \
             int64_t i0 = n * t / n_threads, i1 = n * (t + 1) / n_threads;                       \
             float lanes[LANES] = {0};                                                           \
             int64_t i = i0;                                                                     \
@@ -40,7 +44,11 @@
                 }                                                                               \
                 i = end;                                                                        \
             }                                                                                   \
+            partial[t] = total;                                                                 \
         }                                                                                       \
+        double total = 0.0;                                                                     \
+        for (int t = 0; t < threads; t++) total += partial[t];                                  \
+        free(partial);                                                                          \
         if (dot) *dot = total;                                                                  \
         return 0;                                                                               \
     }
