@@ -67,6 +67,7 @@ class DataParams(StrictModel):
     on_bad_record: Literal["skip", "fail"] = "skip"
     max_train_samples: int | None = Field(None, gt=0)
     max_val_samples: int | None = Field(None, gt=0)
+    subset_seed: int = 0  # draws those subsets (training people: subset_seed, images: subset_seed + 1)
 
     @property
     def layout(self) -> Literal["coco", "mpii"]:

@@ -80,6 +80,13 @@ def test_limited_validation_keeps_whole_images_and_scores_only_them(coco_root):
     # unlimited: the whole split
     full = ground_truth_for_evaluation(validated, build_sample_indexes(validated, COCO, DataParams(source="coco", root=str(coco_root)))["val"])
     assert len(full["images"]) == 4 and len(full["annotations"]) == 5
+    # data.subset_seed draws other subsets, each the same every time
+    drawn = {
+        seed: {s["image_id"] for s in build_sample_indexes(validated, COCO, data.model_copy(update={"subset_seed": seed}))["val"]["samples"]}
+        for seed in range(4)
+    }
+    assert drawn[0] == images and len(set(map(frozenset, drawn.values()))) > 1
+    assert {s["image_id"] for s in build_sample_indexes(validated, COCO, data.model_copy(update={"subset_seed": 3}))["val"]["samples"]} == drawn[3]
 
 
 def test_crowd_and_zero_keypoint_people_are_not_training_samples(coco_root):

@@ -197,8 +197,8 @@ def build_sample_indexes(
     validated: ValidatedData, spec: KeypointSpec, data: DataParams
 ) -> dict[str, dict[str, Any]]:
     """Sample indexes for training, validation (ground-truth boxes) and detected boxes."""
-    train = _limit(validated.records["train"], data.max_train_samples, seed=0)
-    val = _limit_by_image(validated.records["val"], data.max_val_samples, seed=1)
+    train = _limit(validated.records["train"], data.max_train_samples, seed=data.subset_seed)
+    val = _limit_by_image(validated.records["val"], data.max_val_samples, seed=data.subset_seed + 1)
     val_images = {s["image_id"] for s in val}
     detections = [s for s in validated.records.get("val_detections", []) if s["image_id"] in val_images]
     if len(val) < len(validated.records["val"]):
