@@ -526,6 +526,7 @@ def run_suite(
         raise ValueError(f"rounds must be at least 1, got {rounds}")
     if threads:
         torch.set_num_threads(threads)
+    torch.manual_seed(0)  # the networks and inputs this process builds (training rows seed their own)
     steps = 2 if quick else 5
     report: dict[str, Any] = {"machine": machine_description(), "input_size": list(input_size), "device": str(device)}
     measured: dict[str, list[dict[str, Any]]] = {}

@@ -326,3 +326,13 @@ def test_a_fresh_run_does_not_overwrite_a_stopped_runs_checkpoint(tmp_path):
     assert (tmp_path / "last.pt").read_bytes() == written
     assert [h["epoch"] for h in run_training(job(resume=True)).history] == [1, 2]
     run_training(job(resume=False))  # a finished run's checkpoint may be replaced
+
+
+def test_resume_compares_the_architecture_not_the_genotypes_provenance():
+    from pnfs_pipeline.engine.trainer import config_differences
+
+    saved = {"train": {"lr": 1e-3, "threads": 2}, "genotype": {"parts": {"head": [1]}, "provenance": {"search": {"finished_at": "10:00"}}}}
+    repeated = {"train": {"lr": 1e-3, "threads": 8}, "genotype": {"parts": {"head": [1]}, "provenance": {"search": {"finished_at": "11:00"}}}}
+    assert config_differences(saved, repeated) == []
+    other = {**repeated, "genotype": {**repeated["genotype"], "parts": {"head": [2]}}}
+    assert config_differences(saved, other) == ["genotype.parts.head: [1] -> [2]"]

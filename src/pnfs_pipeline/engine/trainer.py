@@ -115,8 +115,12 @@ class TrainConfig:
 
 
 # Settings a run may continue with other values of: the machine's, and the number of epochs (a
-# longer run; a cosine schedule then follows the new length from the resumed epoch).
-RESUMABLE_SETTINGS = frozenset({"threads", "num_workers", "nproc_per_node", "device", "resume", "checkpoint_path", "epochs"})
+# longer run; a cosine schedule then follows the new length from the resumed epoch). Also the
+# genotype's provenance: a repeated search and derive give the same architecture with another
+# search run id and finishing time.
+RESUMABLE_SETTINGS = frozenset(
+    {"threads", "num_workers", "nproc_per_node", "device", "resume", "checkpoint_path", "epochs", "provenance"}
+)
 
 
 def config_differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
