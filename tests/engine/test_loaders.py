@@ -71,3 +71,26 @@ def test_the_same_loader_serves_every_epoch(train_index):
     assert trainer._loader(trainer.train_dataset, 1, True, 2) is first
     assert first.sampler.epoch == 1
     assert trainer._loader(trainer.val_dataset, 0, False, 2) is not first
+
+
+def test_a_failed_run_ends_its_loader_workers(train_index):
+    class Stop(Exception):
+        pass
+
+    def stop(epoch, metrics, model):
+        raise Stop
+
+    trainer = _trainer(train_index, 1, ImageSums(), stop)
+    with pytest.raises(Stop):
+        trainer.fit()
+    assert trainer._loaders == {}
+
+
+def test_a_held_out_split_is_scored_with_the_last_trained_epochs_augmentation(train_index, monkeypatch):
+    trainer = _trainer(train_index, 0, ImageSums())
+    trainer.fit()
+    epochs = []
+    original = trainer._loader
+    monkeypatch.setattr(trainer, "_loader", lambda dataset, epoch, *args, **kwargs: epochs.append(epoch) or original(dataset, epoch, *args, **kwargs))
+    trainer.validation_loss(dataset=trainer.train_dataset)
+    assert epochs == [2]  # the third epoch's, as random search's candidates were scored before

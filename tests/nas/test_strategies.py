@@ -321,7 +321,7 @@ def test_a_fresh_run_does_not_overwrite_a_stopped_runs_checkpoint(tmp_path):
     with pytest.raises(Stop):
         run_training(job(resume=False), on_epoch_end=stop_after_the_first_epoch)
     written = (tmp_path / "last.pt").read_bytes()
-    with pytest.raises(UnfinishedRunError, match=r"last.pt holds a run stopped after epoch 1 of 2.*search.resume=true"):
+    with pytest.raises(UnfinishedRunError, match=r"last.pt holds a run stopped after epoch 1 of 2.*resume=true"):
         run_training(job(resume=False))
     assert (tmp_path / "last.pt").read_bytes() == written
     assert [h["epoch"] for h in run_training(job(resume=True)).history] == [1, 2]
@@ -336,3 +336,17 @@ def test_resume_compares_the_architecture_not_the_genotypes_provenance():
     assert config_differences(saved, repeated) == []
     other = {**repeated, "genotype": {**repeated["genotype"], "parts": {"head": [2]}}}
     assert config_differences(saved, other) == ["genotype.parts.head: [1] -> [2]"]
+
+
+def test_only_rank_zero_checks_for_a_stopped_run(tmp_path, monkeypatch):
+    """Under torchrun without a shared filesystem another rank's stale file is not rank 0's."""
+    from pnfs_pipeline.engine.checkpoint import save_checkpoint
+    from pnfs_pipeline.engine.trainer import TrainingJob, UnfinishedRunError, run_training
+
+    save_checkpoint({"epoch": 0, "config": {"train": {"epochs": 3}, "retrain": {}}}, tmp_path / "last.pt")
+    job = TrainingJob(tiny_supernet, RandomPoses(4), RandomPoses(2), TrainConfig(epochs=1, batch_size=4, device="cpu"),
+                      checkpoint_path=str(tmp_path / "last.pt"))
+    with pytest.raises(UnfinishedRunError, match=r'stopped after epoch 1 of 3.*--params="retrain.resume=true"'):
+        run_training(job)
+    monkeypatch.setenv("RANK", "1")
+    assert [h["epoch"] for h in run_training(job).history] == [1]

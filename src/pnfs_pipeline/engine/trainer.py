@@ -61,12 +61,13 @@ def refuse_to_replace_an_unfinished_run(path: str | Path | None) -> None:
         return
     state = load_checkpoint(path)
     done = int(state.get("epoch", -1)) + 1
-    planned = state.get("config", {}).get("train", {}).get("epochs")
+    config = state.get("config", {})
+    planned = config.get("train", {}).get("epochs")
     if planned is not None and done < planned:
+        flag = next((f"{name}.resume=true" for name in ("search", "retrain") if name in config), "resume=true")
         raise UnfinishedRunError(
             f"{path} holds a run stopped after epoch {done} of {planned}, which a new run would "
-            "overwrite: continue it with --params=\"search.resume=true\" (or retrain.resume=true), "
-            "or move the file away to start afresh"
+            f"overwrite: continue it with --params=\"{flag}\", or move the file away to start afresh"
         )
 
 
@@ -259,6 +260,9 @@ class Trainer:
         # One loader per (dataset, role), kept across epochs: rebuilt every epoch, its workers
         # restarted and the images they had decoded were decoded again.
         self._loaders: dict[tuple[int, bool, int, int], tuple[Dataset, Any]] = {}
+        # The augmentation a held-out split of the training set is scored with (random search):
+        # the last trained epoch's, as when the epoch was set on the shared dataset.
+        self._last_trained_epoch = 0
 
     # ---- construction ----------------------------------------------------------------------
     def _make_optimizer(self) -> torch.optim.Optimizer:
@@ -336,6 +340,7 @@ class Trainer:
         self._stretch_cosine_schedule()
         self.history = list(state["history"])
         self.start_epoch = self.saved_epochs = int(state["epoch"]) + 1
+        self._last_trained_epoch = int(state["epoch"])
         if self.strategy is not None and "strategy" in state:
             self.strategy.generator.set_state(state["strategy"]["generator"])
             if self.strategy.arch_optimizer is not None and state["strategy"]["arch_optimizer"]:
@@ -385,6 +390,7 @@ class Trainer:
     def train_epoch(self, epoch: int, progress: Progress) -> dict[str, float]:
         c = self.config
         self.model.train()
+        self._last_trained_epoch = epoch
         loader = self._loader(self.train_dataset, epoch, True, c.batch_size)
         arch_iter = None
         if self.arch_dataset is not None and self.strategy.config.bilevel:
@@ -460,7 +466,9 @@ class Trainer:
         """Mean loss on the validation set (at most ``val_max_batches``), or on every sample of
         ``dataset``."""
         self.model.eval()
-        loader = self._loader(dataset if dataset is not None else self.val_dataset, 0, False, self.config.batch_size)
+        loader = self._loader(
+            dataset if dataset is not None else self.val_dataset, self._last_trained_epoch, False, self.config.batch_size
+        )
         total, count = 0.0, 0
         limit = max_batches if max_batches is not None or dataset is not None else self.config.val_max_batches
         for step, batch in enumerate(loader):
@@ -506,38 +514,40 @@ class Trainer:
             transient=True,
             disable=not self.context.is_main,
         )
-        with progress:
-            for epoch in range(self.start_epoch, self.config.epochs):
-                if self.strategy is not None:
-                    self.strategy.epoch = epoch
-                metrics = self.train_epoch(epoch, progress)
-                metrics["val_loss"] = self.validation_loss()
-                metrics["epoch"] = epoch + 1
-                if self.strategy is not None:
-                    metrics["architecture"] = architecture_softmax(self.model)
-                self.scheduler.step()
-                self.history.append(metrics)
-                if self.context.is_main:  # every rank has the same figures: one line per epoch
-                    logger.info(
-                        "epoch %d/%d: train loss %.6f, val loss %.6f, %.1f img/s, %.1f s",
-                        epoch + 1,
-                        self.config.epochs,
-                        metrics["train_loss"],
-                        metrics["val_loss"],
-                        metrics["images_per_second"],
-                        metrics["epoch_seconds"],
-                    )
-                if self.checkpoint_path is not None and self.context.is_main:
-                    save_checkpoint(self.state_dict(epoch), self.checkpoint_path)
-                self.saved_epochs = epoch + 1
-                if self.on_epoch_end is not None and self.context.is_main:
-                    self.on_epoch_end(epoch, metrics, self.model)
-        extra = {}
-        if self.strategy is not None:
-            final = self.strategy.finalize(lambda w: self.validation_loss(w, dataset=self.arch_dataset))
-            if final:
-                extra["finalize"] = final
-        self._loaders.clear()  # ends their workers
+        try:
+            with progress:
+                for epoch in range(self.start_epoch, self.config.epochs):
+                    if self.strategy is not None:
+                        self.strategy.epoch = epoch
+                    metrics = self.train_epoch(epoch, progress)
+                    metrics["val_loss"] = self.validation_loss()
+                    metrics["epoch"] = epoch + 1
+                    if self.strategy is not None:
+                        metrics["architecture"] = architecture_softmax(self.model)
+                    self.scheduler.step()
+                    self.history.append(metrics)
+                    if self.context.is_main:  # every rank has the same figures: one line per epoch
+                        logger.info(
+                            "epoch %d/%d: train loss %.6f, val loss %.6f, %.1f img/s, %.1f s",
+                            epoch + 1,
+                            self.config.epochs,
+                            metrics["train_loss"],
+                            metrics["val_loss"],
+                            metrics["images_per_second"],
+                            metrics["epoch_seconds"],
+                        )
+                    if self.checkpoint_path is not None and self.context.is_main:
+                        save_checkpoint(self.state_dict(epoch), self.checkpoint_path)
+                    self.saved_epochs = epoch + 1
+                    if self.on_epoch_end is not None and self.context.is_main:
+                        self.on_epoch_end(epoch, metrics, self.model)
+            extra = {}
+            if self.strategy is not None:
+                final = self.strategy.finalize(lambda w: self.validation_loss(w, dataset=self.arch_dataset))
+                if final:
+                    extra["finalize"] = final
+        finally:
+            self._loaders.clear()  # ends their workers, also when training fails
         return TrainResult(self.history, self.state_dict(self.config.epochs - 1), extra)
 
 
@@ -648,7 +658,7 @@ def run_training(
     Launched workers report back when they finish; ``on_epoch_end`` then sees each epoch's
     metrics (without a model) in this process, the only one that logs.
     """
-    if not job.resume:
+    if not job.resume and int(os.environ.get("RANK", "0")) == 0:  # only rank 0 writes checkpoints
         refuse_to_replace_an_unfinished_run(job.checkpoint_path)
     if env_world_size() > 1:
         context = init_from_env(resolve_device(job.config.device).type)

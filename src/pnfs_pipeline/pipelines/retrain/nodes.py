@@ -21,6 +21,7 @@ from pnfs_pipeline.engine.trainer import TrainConfig, TrainingJob, run_training
 from pnfs_pipeline.keypoints import KeypointSpecError, check_same_keypoints, keypoint_spec_from_dict
 from pnfs_pipeline.nas.backbones import load_pretrained
 from pnfs_pipeline.nas.derived import DerivedNetwork, inherit_supernet_weights
+from pnfs_pipeline.nas.genotype import validate_genotype
 from pnfs_pipeline.nas.profile import count_parameters
 from pnfs_pipeline.pipelines.tracking import epoch_logger
 
@@ -42,6 +43,7 @@ def retrain_network(
     model_params = parse_params(ModelParams, model, "model")
     sample_params = parse_params(SampleParams, sample, "sample")
     spec = keypoint_spec_from_dict(train_samples["keypoint_spec"], source="train_samples")
+    genotype = validate_genotype(genotype)  # a hand-edited one fails on its own fields first
     if genotype["network"]["num_keypoints"] != spec.num_keypoints:
         raise KeypointSpecError(
             f"genotype: network.num_keypoints is {genotype['network']['num_keypoints']}, train_samples hold "
