@@ -17,6 +17,27 @@ from pnfs_pipeline.config import ParameterError, check_parameters
         ({"data": {}, "sample": {"keypoint_sigmas": {"hand": 1.0}}}, r"'sample.keypoint_sigmas': 'hand' is neither a keypoint nor a part"),
         ({"data": {}, "search": {"trainer": {"ohkm_topk": 18}}}, r"'search.trainer.ohkm_topk': 18 is more than the 17 keypoints"),
         ({"data": {"keypoint_spec": "nope"}}, r"'data.keypoint_spec'"),
+        # values that passed every bound and failed, or trained nothing, much later
+        ({"retrain": None}, r"'retrain': is null"),
+        ({"sample": {"sigma": float("inf")}}, r"'sample.sigma': .*finite"),
+        ({"search": {"trainer": {"lr": float("nan")}}}, r"'search.trainer.lr': .*finite"),
+        ({"search": {"trainer": {"epochs": 80, "lr_steps": [90, 120]}}}, r"'search.trainer': .*lr_steps \[90, 120\] must .* within epochs 1..79"),
+        ({"retrain": {"trainer": {"lr_steps": [0, 2]}}}, r"'retrain.trainer': .*lr_steps \[0, 2\]"),
+        ({"retrain": {"trainer": {"lr_steps": [2, 2]}}}, r"'retrain.trainer': .*lr_steps \[2, 2\] must increase"),
+        ({"retrain": {"trainer": {"scheduler": "cosine", "lr_steps": [2]}}}, r"cosine would ignore them"),
+        ({"retrain": {"trainer": {"scheduler": "cosine", "lr": 0.004, "lr_min": 0.01}}}, r"lr_min 0.01 is above lr 0.004"),
+        ({"retrain": {"trainer": {"lr_factor": 4.0}}}, r"'retrain.trainer.lr_factor'"),
+        ({"retrain": {"trainer": {"optimizer": "sgd", "momentum": 1.0}}}, r"'retrain.trainer.momentum'"),
+        ({"search": {"trainer": {"epochs": 2}, "strategy": {"arch_warmup_epochs": 2}}}, r"'search': .*arch_warmup_epochs 2 leaves none of the 2 epochs"),
+        ({"search": {"strategy": {"gumbel_tau_min": 20.0}}}, r"'search.strategy': .*gumbel_tau_min 20.0 is above gumbel_tau_max"),
+        ({"retrain": {"checkpoint_path": "data"}}, r"'retrain.checkpoint_path': .*must name a file"),
+        ({"search": {"checkpoint_path": ""}}, r"'search.checkpoint_path': .*must name a file"),
+        ({"evaluate": {"seed": -1}}, r"'evaluate.seed'"),
+        ({"data": {"subset_seed": -1}}, r"'data.subset_seed'"),
+        ({"synthetic": {"max_people": 51}}, r"'synthetic.max_people'"),
+        ({"model": {"pretrained_backbone": "nowhere/mobilenet.pth"}}, r"'model.pretrained_backbone': no file nowhere/mobilenet.pth"),
+        ({"predict": {"boxes_file": "nowhere/boxes.json"}}, r"'predict.boxes_file': no file nowhere/boxes.json"),
+        ({"data": {}, "augmentation": {"half_body_min_joints": 17}}, r"'augmentation.half_body_min_joints': 17 is not below the 17 keypoints"),
     ],
 )
 def test_bad_parameters_are_named(groups, message):
@@ -30,3 +51,12 @@ def test_every_problem_is_reported_at_once_and_good_groups_parse():
     assert "'derive.rul'" in str(error.value) and "'evaluate.batch_size'" in str(error.value)
     parsed = check_parameters({"data": {}, "model": {"backbone": "tiny", "backbone_kwargs": {"width": 8}}})
     assert parsed["model"].backbone_kwargs == {"width": 8}
+
+
+def test_cuda_is_refused_by_name_where_there_is_none(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ParameterError, match=r"'retrain.trainer.device': 'cuda', but this machine has no CUDA device"):
+        check_parameters({"retrain": {"trainer": {"device": "cuda"}}, "evaluate": {"device": "auto"}})
+    check_parameters({"retrain": {"trainer": {"device": "auto"}}})

@@ -27,7 +27,9 @@ class ParameterError(ValueError):
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No inf / NaN: an infinite sigma or learning rate is accepted by every bound and fails (or
+    # trains nothing) hours later.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 ModelT = TypeVar("ModelT", bound=StrictModel)
@@ -67,7 +69,7 @@ class DataParams(StrictModel):
     on_bad_record: Literal["skip", "fail"] = "skip"
     max_train_samples: int | None = Field(None, gt=0)
     max_val_samples: int | None = Field(None, gt=0)
-    subset_seed: int = 0  # draws those subsets (training people: subset_seed, images: subset_seed + 1)
+    subset_seed: int = Field(0, ge=0)  # draws those subsets (training people: subset_seed, images: subset_seed + 1)
 
     @property
     def layout(self) -> Literal["coco", "mpii"]:
@@ -82,12 +84,12 @@ class DataParams(StrictModel):
 class SyntheticParams(StrictModel):
     """Size and content of the embedded synthetic dataset (see ``data.synthetic``)."""
 
-    seed: int = 0
-    num_train_images: int = Field(160, gt=0)
+    seed: int = Field(0, ge=0)
+    num_train_images: int = Field(160, gt=0, lt=1_000_000)  # image ids: validation's start at 1,000,000
     num_val_images: int = Field(48, gt=0)
     image_width: int = Field(256, ge=64)
     image_height: int = Field(256, ge=64)
-    max_people: int = Field(3, ge=1)
+    max_people: int = Field(3, ge=1, le=50)
     crowd_prob: float = Field(0.1, ge=0.0, le=1.0)
     occluder_prob: float = Field(0.3, ge=0.0, le=1.0)
     tiny_person_prob: float = Field(0.05, ge=0.0, le=1.0)
@@ -155,7 +157,7 @@ class PreviewParams(StrictModel):
     """The figure of augmented samples written by ``prepare``."""
 
     num_samples: int = Field(8, ge=1, le=64)
-    seed: int = 0
+    seed: int = Field(0, ge=0)
 
 
 class FabricParams(StrictModel):
@@ -248,7 +250,7 @@ class StrategyParams(StrictModel):
     gumbel_tau_max: float = Field(10.0, gt=0)
     gumbel_tau_min: float = Field(0.1, gt=0)
     random_candidates: int = Field(8, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0)
 
     @field_validator("name")
     @classmethod
@@ -257,6 +259,19 @@ class StrategyParams(StrictModel):
 
         return canonical_strategy(value)
 
+    @model_validator(mode="after")
+    def _temperature_falls(self) -> StrategyParams:
+        if self.gumbel_tau_min > self.gumbel_tau_max:
+            raise ValueError(
+                f"gumbel_tau_min {self.gumbel_tau_min} is above gumbel_tau_max {self.gumbel_tau_max}: "
+                "the temperature anneals from max to min"
+            )
+        return self
+
+    @property
+    def trains_architecture(self) -> bool:
+        return self.name in ("sync", "darts1", "darts2", "gumbel")
+
 
 class TrainerParams(StrictModel):
     epochs: int = Field(4, ge=1)
@@ -264,16 +279,16 @@ class TrainerParams(StrictModel):
     optimizer: Literal["adam", "sgd"] = "adam"
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    momentum: float = Field(0.9, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
     scheduler: Literal["multistep", "cosine"] = "multistep"
     lr_steps: tuple[int, ...] = ()
-    lr_factor: float = Field(0.25, gt=0)
+    lr_factor: float = Field(0.25, gt=0, le=1)  # multiplies the rate at each of lr_steps
     lr_min: float = Field(5e-5, ge=0)
     num_workers: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"
     channels_last: bool = False
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     max_steps_per_epoch: int | None = Field(None, ge=1)
     val_max_batches: int | None = Field(None, ge=1)
     threads: int | None = Field(None, ge=1)  # torch CPU threads; None keeps torch's default
@@ -289,12 +304,45 @@ class TrainerParams(StrictModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _schedule_is_what_it_says(self) -> TrainerParams:
+        steps = list(self.lr_steps)
+        if self.scheduler == "cosine":
+            if steps:
+                raise ValueError(f"lr_steps {steps} are for scheduler multistep; cosine would ignore them")
+            if self.lr_min > self.lr:
+                raise ValueError(f"lr_min {self.lr_min} is above lr {self.lr}: the cosine schedule would raise the rate")
+        elif steps:
+            if steps != sorted(set(steps)) or steps[0] < 1 or steps[-1] >= self.epochs:
+                raise ValueError(
+                    f"lr_steps {steps} must increase and lie within epochs 1..{self.epochs - 1} "
+                    f"(epochs {self.epochs}): others decay at the start, twice, or never"
+                )
+        return self
+
+
+def _checkpoint_file(value: str) -> str:
+    if not value.strip() or Path(value).is_dir():
+        raise ValueError(f"must name a file to write (a folder or an empty name cannot hold the checkpoint), got {value!r}")
+    return value
+
 
 class SearchParams(StrictModel):
     strategy: StrategyParams = StrategyParams()
     trainer: TrainerParams = TrainerParams()
     resume: bool = False
     checkpoint_path: str = "data/06_models/search_last.pt"
+
+    _checkpoint_is_a_file = field_validator("checkpoint_path")(_checkpoint_file)
+
+    @model_validator(mode="after")
+    def _architecture_trains_after_warm_up(self) -> SearchParams:
+        if self.strategy.trains_architecture and self.strategy.arch_warmup_epochs >= self.trainer.epochs:
+            raise ValueError(
+                f"strategy.arch_warmup_epochs {self.strategy.arch_warmup_epochs} leaves none of the "
+                f"{self.trainer.epochs} epochs to train the architecture (strategy {self.strategy.name!r})"
+            )
+        return self
 
 
 class DeriveParams(StrictModel):
@@ -312,6 +360,8 @@ class RetrainParams(StrictModel):
     trainer: TrainerParams = TrainerParams()
     resume: bool = False
     checkpoint_path: str = "data/06_models/retrain_last.pt"
+
+    _checkpoint_is_a_file = field_validator("checkpoint_path")(_checkpoint_file)
 
 
 def _odd_kernel(value: int) -> int:
@@ -343,7 +393,7 @@ class EvaluateParams(StrictModel):
     nms_threshold: float = Field(0.9, gt=0.0, le=1.0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_overlays: int = Field(6, ge=0, le=64)
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     # multi-scale testing: crops at these multiples of each box (same centre; < 1 zooms in), heatmaps averaged
     crop_scales: tuple[float, ...] = (1.0,)
 
@@ -398,18 +448,43 @@ def check_parameters(groups: dict[str, Any]) -> dict[str, StrictModel]:
         if name not in PARAMETER_GROUPS:
             problems.append(f"parameter '{name}': no such parameter group; the groups are {sorted(PARAMETER_GROUPS)}")
             continue
+        if raw is None:
+            # A group whose keys are all commented out in conf/local replaces conf/base's with null.
+            problems.append(f"parameter '{name}': is null (every key commented out?): give it keys or remove it")
+            continue
         try:
             parsed[name] = parse_params(PARAMETER_GROUPS[name], raw, name)
         except ParameterError as error:
             problems += [line.strip() for line in str(error).splitlines()[1:]]
     if "data" in parsed:
         problems += _spec_problems(parsed)
-    evaluate = parsed.get("evaluate")
-    if evaluate is not None and evaluate.checkpoint and not Path(evaluate.checkpoint).is_file():
-        problems.append(f"parameter 'evaluate.checkpoint': no file {evaluate.checkpoint}")
+    files = [
+        ("evaluate.checkpoint", getattr(parsed.get("evaluate"), "checkpoint", None)),
+        ("model.pretrained_backbone", getattr(parsed.get("model"), "pretrained_backbone", None)),
+        ("predict.boxes_file", getattr(parsed.get("predict"), "boxes_file", None)),
+    ]
+    problems += [f"parameter '{name}': no file {value}" for name, value in files if value and not Path(value).is_file()]
+    problems += _device_problems(parsed)
     if problems:
         raise ParameterError("invalid parameters:\n  " + "\n  ".join(problems))
     return parsed
+
+
+def _device_problems(parsed: dict[str, Any]) -> list[str]:
+    devices = {
+        "search.trainer.device": getattr(getattr(parsed.get("search"), "trainer", None), "device", None),
+        "retrain.trainer.device": getattr(getattr(parsed.get("retrain"), "trainer", None), "device", None),
+        "evaluate.device": getattr(parsed.get("evaluate"), "device", None),
+        "predict.device": getattr(parsed.get("predict"), "device", None),
+    }
+    if "cuda" not in devices.values():
+        return []
+    import torch
+
+    if torch.cuda.is_available():
+        return []
+    return [f"parameter '{name}': 'cuda', but this machine has no CUDA device (auto uses one where present)"
+            for name, device in devices.items() if device == "cuda"]
 
 
 def _spec_problems(parsed: dict[str, Any]) -> list[str]:
@@ -435,6 +510,13 @@ def _spec_problems(parsed: dict[str, Any]) -> list[str]:
                 keypoint_sigmas(spec, 1.0, value, parameter=name)
             except ValueError as error:
                 problems.append(f"parameter '{name}': {str(error).removeprefix(name + ': ')}")
+    augmentation = parsed.get("augmentation")
+    if augmentation is not None and augmentation.enabled and augmentation.half_body_prob > 0 and augmentation.half_body_min_joints >= spec.num_keypoints:
+        problems.append(
+            f"parameter 'augmentation.half_body_min_joints': {augmentation.half_body_min_joints} is not below the "
+            f"{spec.num_keypoints} keypoints of spec {spec.name!r}: half-body crops (half_body_prob "
+            f"{augmentation.half_body_prob}) would never happen"
+        )
     for name in ("search", "retrain"):
         trainer = getattr(parsed.get(name), "trainer", None)
         if trainer is not None and trainer.ohkm_topk > spec.num_keypoints:

@@ -165,7 +165,10 @@ def split_for_bilevel(dataset: Dataset, train_share: int, arch_share: int) -> tu
     """The first train_share/(train_share+arch_share) of the samples train weights, the rest alphas."""
     cut = len(dataset) * train_share // (train_share + arch_share)
     if cut == 0 or cut == len(dataset):
-        raise ValueError(f"a {train_share}:{arch_share} split of {len(dataset)} samples leaves one side empty")
+        raise ValueError(
+            f"a {train_share}:{arch_share} split (search.strategy.split_for_train:split_for_arch) of "
+            f"{len(dataset)} samples leaves one side empty"
+        )
     return Subset(dataset, range(cut)), Subset(dataset, range(cut, len(dataset)))
 
 
