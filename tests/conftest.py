@@ -61,3 +61,17 @@ def coco_root(tmp_path: Path) -> Path:
     write_coco_split(root, "train2017", [1, 2, 3, 4])
     write_coco_split(root, "val2017", [11, 12])
     return root
+
+
+def coco_sample_indexes(root: Path, sample) -> dict:
+    """The prepare step's sample indexes (train, val, val_detections) of a COCO-layout ``root``."""
+    from pnfs_pipeline.config import DataParams
+    from pnfs_pipeline.data.sample_index import (
+        build_sample_indexes,
+        locate_raw_data,
+        validate_raw_data,
+    )
+    from pnfs_pipeline.keypoints import load_keypoint_spec
+
+    data, spec = DataParams(source="coco", root=str(root)), load_keypoint_spec("coco")
+    return build_sample_indexes(validate_raw_data(locate_raw_data(data), spec, data, sample), spec, data)

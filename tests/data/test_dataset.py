@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from pnfs_pipeline.config import AugmentationParams, DataParams, SampleParams
+from pnfs_pipeline.config import AugmentationParams, SampleParams
 from pnfs_pipeline.data.dataset import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -12,18 +12,15 @@ from pnfs_pipeline.data.dataset import (
     make_data_loader,
     normalize_image,
 )
-from pnfs_pipeline.data.sample_index import build_sample_indexes, locate_raw_data, validate_raw_data
 from pnfs_pipeline.keypoints import load_keypoint_spec
+from tests.conftest import coco_sample_indexes
 
 SAMPLE = SampleParams(input_size=(48, 64), heatmap_size=(12, 16))
 
 
 @pytest.fixture
 def train_index(coco_root):
-    data = DataParams(source="coco", root=str(coco_root))
-    spec = load_keypoint_spec("coco")
-    validated = validate_raw_data(locate_raw_data(data), spec, data, SAMPLE)
-    return build_sample_indexes(validated, spec, data)["train"]
+    return coco_sample_indexes(coco_root, SAMPLE)["train"]
 
 
 def test_sample_shapes_and_targets_follow_the_keypoints(train_index):

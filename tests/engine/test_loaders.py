@@ -4,21 +4,17 @@ import pytest
 import torch
 from torch import nn
 
-from pnfs_pipeline.config import AugmentationParams, DataParams, SampleParams
+from pnfs_pipeline.config import AugmentationParams, SampleParams
 from pnfs_pipeline.data.dataset import TopDownDataset
-from pnfs_pipeline.data.sample_index import build_sample_indexes, locate_raw_data, validate_raw_data
 from pnfs_pipeline.engine.trainer import TrainConfig, Trainer
-from pnfs_pipeline.keypoints import load_keypoint_spec
+from tests.conftest import coco_sample_indexes
 
 SAMPLE = SampleParams(input_size=(48, 64), heatmap_size=(12, 16), cache_images=True)
 
 
 @pytest.fixture
 def train_index(coco_root):
-    data = DataParams(source="coco", root=str(coco_root))
-    spec = load_keypoint_spec("coco")
-    validated = validate_raw_data(locate_raw_data(data), spec, data, SAMPLE)
-    return build_sample_indexes(validated, spec, data)["train"]
+    return coco_sample_indexes(coco_root, SAMPLE)["train"]
 
 
 class ImageSums:

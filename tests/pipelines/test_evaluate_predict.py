@@ -101,18 +101,11 @@ def test_mpii_evaluation_reports_pckh(kedro_project):
 
 
 def test_overlay_titles_give_the_score_coco_ranks_people_by(coco_root):
-    from pnfs_pipeline.config import DataParams, SampleParams
-    from pnfs_pipeline.data.sample_index import (
-        build_sample_indexes,
-        locate_raw_data,
-        validate_raw_data,
-    )
-    from pnfs_pipeline.keypoints import load_keypoint_spec
+    from pnfs_pipeline.config import SampleParams
     from pnfs_pipeline.pipelines.evaluate.nodes import plot_validation_overlays
+    from tests.conftest import coco_sample_indexes
 
-    data, spec = DataParams(source="coco", root=str(coco_root)), load_keypoint_spec("coco")
-    sample = SampleParams(input_size=(48, 64), heatmap_size=(12, 16))
-    val = build_sample_indexes(validate_raw_data(locate_raw_data(data), spec, data, sample), spec, data)["val"]
+    val = coco_sample_indexes(coco_root, SampleParams(input_size=(48, 64), heatmap_size=(12, 16)))["val"]
     count = len(val["samples"])
     keypoints = np.zeros((count, 17, 3))
     keypoints[..., 2] = 0.1  # below vis_threshold 0.2: not in the score
