@@ -9,6 +9,9 @@ from pnfs_pipeline.config import ParameterError, check_parameters
     "groups, message",
     [
         ({"model": {"backbone_kwargs": {"foo": 1}}}, r"'model.backbone_kwargs': .*\['foo'\] are not arguments of backbone 'mobilenet_v2'"),
+        ({"model": {"backbone": "tiny", "backbone_kwargs": {"width": "abc"}}}, r"'model.backbone_kwargs': .*width of backbone 'tiny' must be a positive integer, got 'abc'"),
+        ({"model": {"backbone": "tiny", "backbone_kwargs": {"width": 0}}}, r"'model.backbone_kwargs': .*width .* positive integer, got 0"),
+        ({"model": {"backbone": "fabric", "backbone_kwargs": {"operators": "sep_conv_3x3"}}}, r"'model.backbone_kwargs': .*operators of backbone 'fabric' must be a list"),
         ({"model": {"fabric": {"size_types": []}}}, r"'model.fabric.size_types': .*one positive width multiple"),
         ({"model": {"fabric": {"size_types": [8, 4]}}}, r"'model.fabric.size_types': .*fine to coarse"),
         ({"sample": {"input_size": [192, 256], "heatmap_size": [24, 32]}}, r"'sample': .*input_size \(192, 256\) / 4"),

@@ -237,6 +237,15 @@ class ModelParams(StrictModel):
         unknown = sorted(set(value) - set(accepted))
         if unknown:
             raise ValueError(f"{unknown} are not arguments of backbone {backbone!r} (it takes {sorted(accepted)})")
+        # The backbones' counts (widths, depths, layers) are positive integers and their lists
+        # lists: anything else failed only when the search built the network, after prepare.
+        for name, given in value.items():
+            default = accepted[name].default
+            if isinstance(default, int) and not isinstance(default, bool):
+                if isinstance(given, bool) or not isinstance(given, int) or given < 1:
+                    raise ValueError(f"{name} of backbone {backbone!r} must be a positive integer, got {given!r}")
+            elif isinstance(default, tuple) and not isinstance(given, list | tuple):
+                raise ValueError(f"{name} of backbone {backbone!r} must be a list, got {given!r}")
         return value
 
 
