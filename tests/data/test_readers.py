@@ -262,3 +262,41 @@ def test_mpii_reader_converts_matlab_coordinates(tmp_path):
     assert record["center"] == pytest.approx([100.0, 80.0 + 7.5])
     assert record["size"] == pytest.approx([125.0, 125.0])
     assert record["head_box"] == pytest.approx([10.0, 20.0, 30.0, 40.0])
+    assert "scored_keypoints" not in record  # a ground-truth file without joints: the JSON's are scored
+
+
+def test_mpii_scoring_ground_truth_comes_from_gt_valid_mat(tmp_path):
+    """HRNet's evaluation reads pos_gt_src and jnt_missing, not valid.json's joints_vis."""
+    import cv2
+    from scipy.io import savemat
+
+    from pnfs_pipeline.evaluation.report import score_mpii
+
+    root = tmp_path / "mpii"
+    (root / "annot").mkdir(parents=True)
+    (root / "images").mkdir()
+    cv2.imwrite(str(root / "images" / "a.jpg"), np.zeros((200, 200, 3), np.uint8))
+    joints = [[float(10 + i), float(20 + i)] for i in range(16)]
+    entry = {"image": "a.jpg", "center": [101.0, 81.0], "scale": 0.5, "joints": joints, "joints_vis": [1] * 15 + [0]}
+    for name in ("train.json", "valid.json"):
+        (root / "annot" / name).write_text(json.dumps([entry]))
+    positions = np.asarray(joints, float)[:, :, None] + 3.0  # (16, 2, 1), 1-based, 3 px off the JSON's
+    missing = np.zeros((16, 1))
+    missing[0] = 1  # joint 0 unlabelled here, labelled in the JSON; joint 15 the other way round
+    heads = np.array([[[11.0], [21.0]], [[31.0], [41.0]]])
+    savemat(str(root / "annot" / "gt_valid.mat"), {"pos_gt_src": positions, "jnt_missing": missing, "headboxes_src": heads})
+    data = DataParams(source="mpii", root=str(root), keypoint_spec="mpii")
+    spec = load_keypoint_spec("mpii")
+    validated = validate_raw_data(locate_raw_data(data), spec, data, SampleParams(input_size=(64, 64), heatmap_size=(16, 16)))
+    record = validated.records["val"][0]
+    assert record["scored_keypoints"][0] == [0.0, 0.0, 0.0]
+    assert record["scored_keypoints"][15] == [float(10 + 15 + 2), float(20 + 15 + 2), 2.0]  # 1-based -> 0-based
+    assert record["keypoints"][15] == [0.0, 0.0, 0.0]  # training targets keep the JSON's flags
+    predicted = np.asarray(record["scored_keypoints"])[None].copy()
+    predicted[..., 2] = 1.0
+    table = score_mpii({"keypoints": predicted, "indices": np.array([0])}, [record], spec)
+    assert table["overall"]["Mean"] == 100.0 and table["per_keypoint_PCKh"]["right_ankle"] == 0.0  # joint 0: unscored
+    bad = dict(pos_gt_src=positions[:15], jnt_missing=missing, headboxes_src=heads)
+    savemat(str(root / "annot" / "gt_valid.mat"), bad)
+    with pytest.raises(ValueError, match=r"gt_valid.mat: 'pos_gt_src' \(15, 2, 1\) and 'jnt_missing' \(16, 1\) must be"):
+        validate_raw_data(locate_raw_data(data), spec, data, SampleParams(input_size=(64, 64), heatmap_size=(16, 16)))

@@ -27,8 +27,10 @@ logger = logging.getLogger(__name__)
 MPII_PIXEL_STD = 200.0
 
 
-def read_mpii_head_boxes(gt_file: str | Path) -> np.ndarray:
-    """Head boxes ``(N, 4)`` as 0-based [x1, y1, x2, y2] from an HRNet ``gt_valid.mat``."""
+def read_mpii_ground_truth(gt_file: str | Path, num_keypoints: int) -> dict[str, np.ndarray]:
+    """What HRNet's MPII evaluation scores against, from its ``gt_valid.mat``, 0-based: head boxes
+    ``(N, 4)`` [x1, y1, x2, y2] and, where the file has them (``pos_gt_src``, ``jnt_missing``),
+    the joints ``(N, K, 2)`` and which are labelled ``(N, K)``."""
     path = Path(gt_file)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: MPII ground-truth file not found")
@@ -41,7 +43,19 @@ def read_mpii_head_boxes(gt_file: str | Path) -> np.ndarray:
     boxes = np.asarray(mat["headboxes_src"], dtype=np.float64)  # (2, 2, N), 1-based
     if boxes.ndim != 3 or boxes.shape[:2] != (2, 2):
         raise BadInputError(f"{path}: 'headboxes_src' has shape {boxes.shape}, expected (2, 2, N)")
-    return np.concatenate([boxes[0].T, boxes[1].T], axis=1) - 1.0
+    truth = {"head_boxes": np.concatenate([boxes[0].T, boxes[1].T], axis=1) - 1.0}
+    if "pos_gt_src" in mat and "jnt_missing" in mat:
+        count = boxes.shape[2]
+        joints = np.asarray(mat["pos_gt_src"], dtype=np.float64)  # (K, 2, N), 1-based
+        missing = np.asarray(mat["jnt_missing"])  # (K, N)
+        if joints.shape != (num_keypoints, 2, count) or missing.shape != (num_keypoints, count):
+            raise BadInputError(
+                f"{path}: 'pos_gt_src' {joints.shape} and 'jnt_missing' {missing.shape} must be "
+                f"({num_keypoints}, 2, {count}) and ({num_keypoints}, {count})"
+            )
+        truth["joints"] = joints.transpose(2, 0, 1) - 1.0
+        truth["labelled"] = (missing == 0).T
+    return truth
 
 
 def read_mpii_records(
@@ -52,17 +66,18 @@ def read_mpii_records(
     padding: float,
     log: BadRecordLog,
     check_images: str = "decode",
-    head_boxes: np.ndarray | None = None,
+    ground_truth: dict[str, np.ndarray] | None = None,
 ) -> list[PersonRecord]:
-    """Person crops from an HRNet-style MPII JSON file (``head_boxes`` row i belongs to entry i)."""
+    """Person crops from an HRNet-style MPII JSON file; ``ground_truth`` (row i belongs to entry
+    i, :func:`read_mpii_ground_truth`) gives validation records what PCKh scores them by."""
     file = str(annotation_file)
     image_dir = Path(image_dir)
     entries = load_json(annotation_file)
     if not isinstance(entries, list):
         raise BadInputError(f"{file}: an MPII annotation file must be a JSON list")
-    if head_boxes is not None and len(head_boxes) != len(entries):
+    if ground_truth is not None and len(ground_truth["head_boxes"]) != len(entries):
         raise BadInputError(
-            f"{file}: {len(entries)} entries but the ground-truth file has {len(head_boxes)} head boxes"
+            f"{file}: {len(entries)} entries but the ground-truth file has {len(ground_truth['head_boxes'])} head boxes"
         )
     image_problems: dict[str, str | None] = {}
     image_ids: dict[str, int] = {}
@@ -101,8 +116,14 @@ def read_mpii_records(
             score=1.0,
             area=float(side * side),
         )
-        if head_boxes is not None:
-            record["head_box"] = [float(v) for v in head_boxes[position]]  # type: ignore[typeddict-unknown-key]
+        if ground_truth is not None:
+            record["head_box"] = [float(v) for v in ground_truth["head_boxes"][position]]  # type: ignore[typeddict-unknown-key]
+            if "joints" in ground_truth:
+                # HRNet scores the file's joints where jnt_missing is 0, not the JSON's joints_vis.
+                record["scored_keypoints"] = [  # type: ignore[typeddict-unknown-key]
+                    [float(x), float(y), 2.0] if labelled else [0.0, 0.0, 0.0]
+                    for (x, y), labelled in zip(ground_truth["joints"][position], ground_truth["labelled"][position], strict=True)
+                ]
         records.append(record)
     logger.info("%s: %d person entries valid", file, len(records))
     return records

@@ -18,7 +18,7 @@ import numpy as np
 from pnfs_pipeline.config import DataParams, SampleParams
 from pnfs_pipeline.data.coco import CocoSplit, coco_person_records, read_coco_split
 from pnfs_pipeline.data.detections import read_detection_records
-from pnfs_pipeline.data.mpii import read_mpii_head_boxes, read_mpii_records
+from pnfs_pipeline.data.mpii import read_mpii_ground_truth, read_mpii_records
 from pnfs_pipeline.data.records import BadRecordLog, PersonRecord
 from pnfs_pipeline.keypoints import KeypointSpec
 
@@ -118,9 +118,9 @@ def validate_raw_data(
     )
     k = spec.num_keypoints
     if manifest["format"] == "mpii":
-        head_boxes = None
+        ground_truth = None
         if manifest.get("ground_truth") and Path(manifest["ground_truth"]).is_file():
-            head_boxes = read_mpii_head_boxes(manifest["ground_truth"])
+            ground_truth = read_mpii_ground_truth(manifest["ground_truth"], k)
         for split in ("train", "val"):
             validated.records[split] = read_mpii_records(
                 manifest[split]["annotations"],
@@ -130,7 +130,7 @@ def validate_raw_data(
                 sample.box_padding,
                 log,
                 data.check_images,
-                head_boxes=head_boxes if split == "val" else None,
+                ground_truth=ground_truth if split == "val" else None,
             )
     else:
         for split in ("train", "val"):

@@ -52,7 +52,8 @@ def score_mpii(
     records = [samples[i] for i in order]
     if any("head_box" not in r for r in records):
         raise ValueError("MPII scoring needs head boxes (annot/gt_valid.mat) in the validation samples")
-    truth = np.asarray([r["keypoints"] for r in records], dtype=float)
+    # gt_valid.mat's joints where the records carry them (HRNet's protocol), else the JSON's
+    truth = np.asarray([r.get("scored_keypoints", r["keypoints"]) for r in records], dtype=float)
     table = pckh_table(
         predictions["keypoints"][..., :2],
         truth[..., :2],
