@@ -24,7 +24,6 @@ from pnfs_pipeline.config import ParameterError, check_parameters
         ({"retrain": None}, r"'retrain': is null"),
         ({"sample": {"sigma": float("inf")}}, r"'sample.sigma': .*finite"),
         ({"search": {"trainer": {"lr": float("nan")}}}, r"'search.trainer.lr': .*finite"),
-        ({"search": {"trainer": {"epochs": 80, "lr_steps": [90, 120]}}}, r"'search.trainer': .*lr_steps \[90, 120\] must .* within epochs 1..79"),
         ({"retrain": {"trainer": {"lr_steps": [0, 2]}}}, r"'retrain.trainer': .*lr_steps \[0, 2\]"),
         ({"retrain": {"trainer": {"lr_steps": [2, 2]}}}, r"'retrain.trainer': .*lr_steps \[2, 2\] must increase"),
         ({"retrain": {"trainer": {"scheduler": "cosine", "lr_steps": [2]}}}, r"cosine would ignore them"),
@@ -38,7 +37,8 @@ from pnfs_pipeline.config import ParameterError, check_parameters
         ({"evaluate": {"seed": -1}}, r"'evaluate.seed'"),
         ({"data": {"subset_seed": -1}}, r"'data.subset_seed'"),
         ({"synthetic": {"max_people": 51}}, r"'synthetic.max_people'"),
-        ({"model": {"pretrained_backbone": "nowhere/mobilenet.pth"}}, r"'model.pretrained_backbone': no file nowhere/mobilenet.pth"),
+        ({"search": {}, "model": {"pretrained_backbone": "nowhere/mobilenet.pth"}}, r"'model.pretrained_backbone': no file nowhere/mobilenet.pth"),
+        ({"retrain": {"init": "scratch"}, "model": {"pretrained_backbone": "gone.pth"}}, r"'model.pretrained_backbone': no file gone.pth"),
         ({"predict": {"boxes_file": "nowhere/boxes.json"}}, r"'predict.boxes_file': no file nowhere/boxes.json"),
         ({"data": {}, "augmentation": {"half_body_min_joints": 17}}, r"'augmentation.half_body_min_joints': 17 is not below the 17 keypoints"),
     ],
@@ -63,3 +63,11 @@ def test_cuda_is_refused_by_name_where_there_is_none(monkeypatch):
     with pytest.raises(ParameterError, match=r"'retrain.trainer.device': 'cuda', but this machine has no CUDA device"):
         check_parameters({"retrain": {"trainer": {"device": "cuda"}}, "evaluate": {"device": "auto"}})
     check_parameters({"retrain": {"trainer": {"device": "auto"}}})
+
+
+def test_settings_that_look_odd_but_serve_a_purpose_pass():
+    # steps past the epochs: a resumed run of the seed's schedule (steps 90, 120, 150) ending sooner
+    check_parameters({"search": {"trainer": {"epochs": 140, "lr_steps": [90, 120, 150]}}})
+    # a pipeline that does not load the backbone's weights does not need their file any more
+    check_parameters({"data": {}, "evaluate": {}, "model": {"pretrained_backbone": "moved_away.pth"}})
+    check_parameters({"retrain": {"init": "inherit"}, "model": {"pretrained_backbone": "moved_away.pth"}})

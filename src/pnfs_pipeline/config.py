@@ -321,12 +321,9 @@ class TrainerParams(StrictModel):
                 raise ValueError(f"lr_steps {steps} are for scheduler multistep; cosine would ignore them")
             if self.lr_min > self.lr:
                 raise ValueError(f"lr_min {self.lr_min} is above lr {self.lr}: the cosine schedule would raise the rate")
-        elif steps:
-            if steps != sorted(set(steps)) or steps[0] < 1 or steps[-1] >= self.epochs:
-                raise ValueError(
-                    f"lr_steps {steps} must increase and lie within epochs 1..{self.epochs - 1} "
-                    f"(epochs {self.epochs}): others decay at the start, twice, or never"
-                )
+        elif steps and (steps != sorted(set(steps)) or steps[0] < 1):
+            # Steps at or past `epochs` are allowed: a resumed run may end sooner than planned.
+            raise ValueError(f"lr_steps {steps} must increase from epoch 1 on: others decay at the start or twice")
         return self
 
 
@@ -467,9 +464,12 @@ def check_parameters(groups: dict[str, Any]) -> dict[str, StrictModel]:
             problems += [line.strip() for line in str(error).splitlines()[1:]]
     if "data" in parsed:
         problems += _spec_problems(parsed)
+    # The pretrained backbone is read by the search, and by a retraining from scratch only.
+    retrain = parsed.get("retrain")
+    loads_backbone = "search" in parsed or (retrain is not None and retrain.init == "scratch")
     files = [
         ("evaluate.checkpoint", getattr(parsed.get("evaluate"), "checkpoint", None)),
-        ("model.pretrained_backbone", getattr(parsed.get("model"), "pretrained_backbone", None)),
+        ("model.pretrained_backbone", getattr(parsed.get("model"), "pretrained_backbone", None) if loads_backbone else None),
         ("predict.boxes_file", getattr(parsed.get("predict"), "boxes_file", None)),
     ]
     problems += [f"parameter '{name}': no file {value}" for name, value in files if value and not Path(value).is_file()]

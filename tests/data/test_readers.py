@@ -296,6 +296,9 @@ def test_mpii_scoring_ground_truth_comes_from_gt_valid_mat(tmp_path):
     predicted[..., 2] = 1.0
     table = score_mpii({"keypoints": predicted, "indices": np.array([0])}, [record], spec)
     assert table["overall"]["Mean"] == 100.0 and table["per_keypoint_PCKh"]["right_ankle"] == 0.0  # joint 0: unscored
+    assert table["scored_against"] == "gt_valid.mat"
+    old_index = {k: v for k, v in record.items() if k != "scored_keypoints"}  # prepared before this reader
+    assert score_mpii({"keypoints": predicted, "indices": np.array([0])}, [old_index], spec)["scored_against"] == "valid.json"
     bad = dict(pos_gt_src=positions[:15], jnt_missing=missing, headboxes_src=heads)
     savemat(str(root / "annot" / "gt_valid.mat"), bad)
     with pytest.raises(ValueError, match=r"gt_valid.mat: 'pos_gt_src' \(15, 2, 1\) and 'jnt_missing' \(16, 1\) must be"):

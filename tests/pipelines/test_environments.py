@@ -87,11 +87,9 @@ def test_real_data_environment_runs_end_to_end(kedro_project, real_layout_root, 
         "sample.heatmap_size": [16, 16],
         "search.trainer.batch_size": 4,
         "search.trainer.max_steps_per_epoch": 1,
-        "search.trainer.lr_steps": [],  # the seed's steps (90, 120, 150) lie beyond one epoch
         "retrain.trainer.epochs": 1,
         "retrain.trainer.batch_size": 4,
         "retrain.trainer.max_steps_per_epoch": 1,
-        "retrain.trainer.lr_steps": [],
         "derive.latency_repeats": 1,
         **extra,
     }

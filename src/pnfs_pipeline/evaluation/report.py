@@ -63,4 +63,10 @@ def score_mpii(
         spec.pckh_mean_excludes,
     )
     table["per_joint"] = dict(zip(spec.keypoints, table["per_joint"], strict=True))
-    return {"overall": {k: v for k, v in table.items() if k != "per_joint"}, "per_keypoint_PCKh": table["per_joint"]}
+    # Sample indexes prepared before the reader took gt_valid.mat's joints fall back to the JSON's.
+    scored_against = "gt_valid.mat" if all("scored_keypoints" in r for r in records) else "valid.json"
+    return {
+        "overall": {k: v for k, v in table.items() if k != "per_joint"},
+        "per_keypoint_PCKh": table["per_joint"],
+        "scored_against": scored_against,
+    }
