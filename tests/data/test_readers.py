@@ -237,21 +237,29 @@ def test_detection_files_are_found_by_split_or_asked_for(coco_root):
     assert locate_raw_data(data)["detections"].endswith("COCO_val2017_detections.json")
 
 
-def test_mpii_reader_converts_matlab_coordinates(tmp_path):
+MPII_JOINTS = [[float(10 + i), float(20 + i)] for i in range(16)]
+MPII_ENTRY = {"image": "a.jpg", "center": [101.0, 81.0], "scale": 0.5, "joints": MPII_JOINTS, "joints_vis": [1] * 15 + [0]}
+
+
+def _write_mpii(root, entries: list, ground_truth: dict) -> None:
+    """One 200x200 image, ``entries`` as both splits' JSON, ``ground_truth`` as gt_valid.mat."""
     import cv2
     from scipy.io import savemat
 
-    root = tmp_path / "mpii"
-    (root / "annot").mkdir(parents=True)
-    (root / "images").mkdir()
+    (root / "annot").mkdir(parents=True, exist_ok=True)
+    (root / "images").mkdir(exist_ok=True)
     cv2.imwrite(str(root / "images" / "a.jpg"), np.zeros((200, 200, 3), np.uint8))
-    joints = [[float(10 + i), float(20 + i)] for i in range(16)]
-    entry = {"image": "a.jpg", "center": [101.0, 81.0], "scale": 0.5, "joints": joints, "joints_vis": [1] * 15 + [0]}
-    bad = dict(entry, joints=joints[:15])
-    bad_flags = dict(entry, joints_vis=[None] * 16)
     for name in ("train.json", "valid.json"):
-        (root / "annot" / name).write_text(json.dumps([entry, bad, bad_flags]))
-    savemat(str(root / "annot" / "gt_valid.mat"), {"headboxes_src": np.array([[[11, 11, 11], [21, 21, 21]], [[31, 31, 31], [41, 41, 41]]], float)})
+        (root / "annot" / name).write_text(json.dumps(entries))
+    savemat(str(root / "annot" / "gt_valid.mat"), ground_truth)
+
+
+def test_mpii_reader_converts_matlab_coordinates(tmp_path):
+    root = tmp_path / "mpii"
+    bad = dict(MPII_ENTRY, joints=MPII_JOINTS[:15])
+    bad_flags = dict(MPII_ENTRY, joints_vis=[None] * 16)
+    heads = np.array([[[11, 11, 11], [21, 21, 21]], [[31, 31, 31], [41, 41, 41]]], float)
+    _write_mpii(root, [MPII_ENTRY, bad, bad_flags], {"headboxes_src": heads})
     data = DataParams(source="mpii", root=str(root), keypoint_spec="mpii")
     validated = validate_raw_data(locate_raw_data(data), load_keypoint_spec("mpii"), data, SampleParams(input_size=(64, 64), heatmap_size=(16, 16)))
     assert len(validated.records["val"]) == 1
@@ -267,24 +275,14 @@ def test_mpii_reader_converts_matlab_coordinates(tmp_path):
 
 def test_mpii_scoring_ground_truth_comes_from_gt_valid_mat(tmp_path):
     """HRNet's evaluation reads pos_gt_src and jnt_missing, not valid.json's joints_vis."""
-    import cv2
-    from scipy.io import savemat
-
     from pnfs_pipeline.evaluation.report import score_mpii
 
     root = tmp_path / "mpii"
-    (root / "annot").mkdir(parents=True)
-    (root / "images").mkdir()
-    cv2.imwrite(str(root / "images" / "a.jpg"), np.zeros((200, 200, 3), np.uint8))
-    joints = [[float(10 + i), float(20 + i)] for i in range(16)]
-    entry = {"image": "a.jpg", "center": [101.0, 81.0], "scale": 0.5, "joints": joints, "joints_vis": [1] * 15 + [0]}
-    for name in ("train.json", "valid.json"):
-        (root / "annot" / name).write_text(json.dumps([entry]))
-    positions = np.asarray(joints, float)[:, :, None] + 3.0  # (16, 2, 1), 1-based, 3 px off the JSON's
+    positions = np.asarray(MPII_JOINTS, float)[:, :, None] + 3.0  # (16, 2, 1), 1-based, 3 px off the JSON's
     missing = np.zeros((16, 1))
     missing[0] = 1  # joint 0 unlabelled here, labelled in the JSON; joint 15 the other way round
     heads = np.array([[[11.0], [21.0]], [[31.0], [41.0]]])
-    savemat(str(root / "annot" / "gt_valid.mat"), {"pos_gt_src": positions, "jnt_missing": missing, "headboxes_src": heads})
+    _write_mpii(root, [MPII_ENTRY], {"pos_gt_src": positions, "jnt_missing": missing, "headboxes_src": heads})
     data = DataParams(source="mpii", root=str(root), keypoint_spec="mpii")
     spec = load_keypoint_spec("mpii")
     validated = validate_raw_data(locate_raw_data(data), spec, data, SampleParams(input_size=(64, 64), heatmap_size=(16, 16)))
@@ -299,7 +297,6 @@ def test_mpii_scoring_ground_truth_comes_from_gt_valid_mat(tmp_path):
     assert table["scored_against"] == "gt_valid.mat"
     old_index = {k: v for k, v in record.items() if k != "scored_keypoints"}  # prepared before this reader
     assert score_mpii({"keypoints": predicted, "indices": np.array([0])}, [old_index], spec)["scored_against"] == "valid.json"
-    bad = dict(pos_gt_src=positions[:15], jnt_missing=missing, headboxes_src=heads)
-    savemat(str(root / "annot" / "gt_valid.mat"), bad)
+    _write_mpii(root, [MPII_ENTRY], {"pos_gt_src": positions[:15], "jnt_missing": missing, "headboxes_src": heads})
     with pytest.raises(ValueError, match=r"gt_valid.mat: 'pos_gt_src' \(15, 2, 1\) and 'jnt_missing' \(16, 1\) must be"):
         validate_raw_data(locate_raw_data(data), spec, data, SampleParams(input_size=(64, 64), heatmap_size=(16, 16)))
