@@ -277,10 +277,6 @@ class StrategyParams(StrictModel):
             )
         return self
 
-    @property
-    def trains_architecture(self) -> bool:
-        return self.name in ("sync", "darts1", "darts2", "gumbel")
-
 
 class TrainerParams(StrictModel):
     epochs: int = Field(4, ge=1)
@@ -343,7 +339,10 @@ class SearchParams(StrictModel):
 
     @model_validator(mode="after")
     def _architecture_trains_after_warm_up(self) -> SearchParams:
-        if self.strategy.trains_architecture and self.strategy.arch_warmup_epochs >= self.trainer.epochs:
+        from pnfs_pipeline.nas.strategies import ARCHITECTURE_TRAINING_STRATEGIES
+
+        trains = self.strategy.name in ARCHITECTURE_TRAINING_STRATEGIES
+        if trains and self.strategy.arch_warmup_epochs >= self.trainer.epochs:
             raise ValueError(
                 f"strategy.arch_warmup_epochs {self.strategy.arch_warmup_epochs} leaves none of the "
                 f"{self.trainer.epochs} epochs to train the architecture (strategy {self.strategy.name!r})"

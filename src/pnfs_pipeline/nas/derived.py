@@ -333,7 +333,7 @@ def network_from_checkpoint(checkpoint: dict[str, Any], source: str = "checkpoin
         from pnfs_pipeline.nas.supernet import build_supernet
 
         model = ModelParams(**{**config["model"], "pretrained_backbone": None})
-        network = build_supernet(keypoint_spec_from_dict(config["keypoint_spec"], source="checkpoint"), model)
+        network = build_supernet(keypoint_spec_from_dict(config["keypoint_spec"], source=source), model)
     else:
         raise ValueError(f"{source}: the checkpoint holds neither a genotype nor a model configuration")
     try:

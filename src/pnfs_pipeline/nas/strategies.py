@@ -37,6 +37,10 @@ STRATEGIES = ("none", "random", "sync", "darts1", "darts2", "gumbel")
 LossFn = Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
 
 
+# Strategies that train the architecture parameters (none and random leave them as they are).
+ARCHITECTURE_TRAINING_STRATEGIES = ("sync", "darts1", "darts2", "gumbel")
+
+
 def canonical_strategy(name: str) -> str:
     key = STRATEGY_ALIASES.get(name, str(name).lower())
     if key not in STRATEGIES:
@@ -69,7 +73,7 @@ class StrategyConfig:
 
     @property
     def trains_arch(self) -> bool:
-        return self.name in ("sync", "darts1", "darts2", "gumbel")
+        return self.name in ARCHITECTURE_TRAINING_STRATEGIES
 
 
 def one_hot_logits(index: torch.Tensor, num: int, confidence: float = 10.0) -> torch.Tensor:
