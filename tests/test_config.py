@@ -41,6 +41,11 @@ from pnfs_pipeline.config import ParameterError, check_parameters
         ({"retrain": {"init": "scratch"}, "model": {"pretrained_backbone": "gone.pth"}}, r"'model.pretrained_backbone': no file gone.pth"),
         ({"predict": {"boxes_file": "nowhere/boxes.json"}}, r"'predict.boxes_file': no file nowhere/boxes.json"),
         ({"data": {}, "augmentation": {"half_body_min_joints": 17}}, r"'augmentation.half_body_min_joints': 17 is not below the 17 keypoints"),
+        # YAML booleans, which pydantic would read as 1 / 0
+        ({"search": {"trainer": {"epochs": True}}}, r"'search.trainer.epochs': .*a boolean where int is expected"),
+        ({"retrain": {"trainer": {"max_steps_per_epoch": False}}}, r"'retrain.trainer.max_steps_per_epoch': .*a boolean where"),
+        ({"sample": {"input_size": [192, True]}}, r"'sample.input_size': .*a boolean in \[192, true\] where tuple\[int, int\]"),
+        ({"evaluate": {"crop_scales": [1.0, False]}}, r"'evaluate.crop_scales': .*a boolean in \[1.0, false\]"),
     ],
 )
 def test_bad_parameters_are_named(groups, message):
@@ -71,3 +76,6 @@ def test_settings_that_look_odd_but_serve_a_purpose_pass():
     # a pipeline that does not load the backbone's weights does not need their file any more
     check_parameters({"data": {}, "evaluate": {}, "model": {"pretrained_backbone": "moved_away.pth"}})
     check_parameters({"retrain": {"init": "inherit"}, "model": {"pretrained_backbone": "moved_away.pth"}})
+    # booleans where a field takes them, and numbers beside them
+    parsed = check_parameters({"search": {"trainer": {"channels_last": True, "max_steps_per_epoch": None, "lr": 1}}})
+    assert parsed["search"].trainer.channels_last is True and parsed["search"].trainer.lr == 1.0

@@ -7,8 +7,9 @@ surfacing as a confusing error deep in a training loop.
 
 from __future__ import annotations
 
+import types
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 from pydantic import (
     BaseModel,
@@ -30,6 +31,52 @@ class StrictModel(BaseModel):
     # No inf / NaN: an infinite sigma or learning rate is accepted by every bound and fails (or
     # trains nothing) hours later.
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    # pydantic's lax mode reads true / false as 1 / 0 for a number, so `epochs: true` would train
+    # one epoch; a YAML boolean is refused wherever the field takes no boolean.
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        annotation = cls.model_fields[info.field_name].annotation
+        if _boolean_where_none_belongs(annotation, value):
+            where = "a boolean" if isinstance(value, bool) else f"a boolean in {list(value)!r}"
+            where = where.replace("True", "true").replace("False", "false")
+            raise ValueError(f"{where} where {_describe(annotation)} is expected (a number is written without true/false)")
+        return value
+
+
+def _takes_boolean(annotation: Any) -> bool:
+    if annotation is bool or annotation is Any:
+        return True
+    origin = get_origin(annotation)
+    if origin is Literal:
+        return any(isinstance(choice, bool) for choice in get_args(annotation))
+    if origin in (Union, types.UnionType):
+        return any(_takes_boolean(member) for member in get_args(annotation))
+    return False
+
+
+def _boolean_where_none_belongs(annotation: Any, value: Any) -> bool:
+    if isinstance(value, bool):
+        return not _takes_boolean(annotation)
+    origin = get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        members = [member for member in get_args(annotation) if member is not type(None)]
+        return bool(members) and all(_boolean_where_none_belongs(member, value) for member in members)
+    if origin in (tuple, list) and isinstance(value, (list, tuple)):
+        items = [item for item in get_args(annotation) if item is not Ellipsis]
+        if not items:
+            return False
+        if origin is tuple and len(items) > 1:
+            return any(_boolean_where_none_belongs(item, element) for item, element in zip(items, value, strict=False))
+        return any(_boolean_where_none_belongs(items[0], element) for element in value)
+    return False
+
+
+def _describe(annotation: Any) -> str:
+    if get_origin(annotation) is None:
+        return getattr(annotation, "__name__", str(annotation))
+    return str(annotation).replace("typing.", "")
 
 
 ModelT = TypeVar("ModelT", bound=StrictModel)
