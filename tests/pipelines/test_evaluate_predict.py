@@ -28,16 +28,30 @@ def test_evaluate_and_predict_after_retrain(kedro_project):
     run_pipeline(kedro_project, "evaluate", {**FAST, "evaluate.boxes": "detections", "evaluate.flip_test": False})
     assert json.loads((data / "08_reporting" / "evaluation_metrics.json").read_text())["boxes"] == "detections"
 
-    # predict: a folder of images, the whole image as the box.
+    # predict: a folder of images, the whole image as the box; its .gitkeep is no image, and
+    # images of one name in two subfolders are two images.
     images = sorted((data / "01_raw" / "synthetic" / "images" / "val2017").glob("*.jpg"))[:2]
-    (data / "01_raw" / "predict_images").mkdir(parents=True, exist_ok=True)
+    folder = data / "01_raw" / "predict_images"
+    for subfolder in ("crowd", "solo"):
+        (folder / subfolder).mkdir(parents=True)
+        shutil.copy(images[0], folder / subfolder / "person.jpg")
+    (folder / ".gitkeep").touch()
+    run_pipeline(kedro_project, "predict", FAST)
+    predicted = json.loads((data / "07_model_output" / "predicted_keypoints.json").read_text())
+    assert [p["file_name"] for p in predicted] == ["crowd/person.jpg", "solo/person.jpg"]
+    assert predicted[0]["keypoints"] == predicted[1]["keypoints"]
+    overlays = sorted((data / "08_reporting" / "predict_overlays").rglob("*.png"))
+    assert [str(o.relative_to(data / "08_reporting" / "predict_overlays")) for o in overlays] == ["crowd/person.png", "solo/person.png"]
+    for subfolder in ("crowd", "solo"):
+        shutil.rmtree(folder / subfolder)
+
     for image in images:
-        shutil.copy(image, data / "01_raw" / "predict_images" / image.name)
+        shutil.copy(image, folder / image.name)
     run_pipeline(kedro_project, "predict", FAST)
     predicted = json.loads((data / "07_model_output" / "predicted_keypoints.json").read_text())
     assert [p["file_name"] for p in predicted] == [i.name for i in images]
     assert all(len(p["keypoints"]) == 51 for p in predicted)
-    overlays = sorted((data / "08_reporting" / "predict_overlays").glob("*.png"))
+    overlays = sorted((data / "08_reporting" / "predict_overlays").rglob("*.png"))
     assert [o.stem for o in overlays] == [i.stem for i in images]
 
     # ... and with a boxes file.

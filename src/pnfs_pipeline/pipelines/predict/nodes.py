@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -25,9 +25,16 @@ logger = logging.getLogger(__name__)
 
 
 def _overlay_name(name: str, stems: list[str]) -> str:
-    """The image's stem, or stem and extension where two images share a stem (a.jpg, a.png)."""
-    path = Path(name)
-    return path.stem if stems.count(path.stem) == 1 else f"{path.stem}_{path.suffix.lstrip('.')}"
+    """The image's path without its extension, or with it where two images share that (a.jpg,
+    a.png); an image in a subfolder keeps its subfolder."""
+    path = PurePosixPath(name)
+    stem = str(path.with_suffix(""))
+    return stem if stems.count(stem) == 1 else f"{stem}_{path.suffix.lstrip('.')}"
+
+
+def _visible(name: str) -> bool:
+    """Not a hidden file or folder (the folder's .gitkeep, a .DS_Store)."""
+    return not any(part.startswith(".") for part in PurePosixPath(name).parts)
 
 
 def predict_images(
@@ -35,9 +42,11 @@ def predict_images(
 ) -> tuple[list[dict[str, Any]], dict[str, Figure]]:
     """Keypoints (COCO results format, plus each image's file name) and one overlay per image."""
     params = parse_params(PredictParams, predict, "predict")
+    # Images are named by their path under the folder, so a/1.jpg and b/1.jpg stay apart.
+    images = {name: load for name, load in images.items() if _visible(name)}
     if not images:
         raise ValueError("no images to predict on: put images in data/01_raw/predict_images (see README)")
-    loaded = {Path(name).name: np.asarray(load().convert("RGB")) for name, load in sorted(images.items())}
+    loaded = {name: np.asarray(load().convert("RGB")) for name, load in sorted(images.items())}
     network = network_from_checkpoint(retrained_checkpoint, "retrained_checkpoint")
     config = retrained_checkpoint["config"]
     spec = keypoint_spec_from_dict(config["keypoint_spec"], source="retrained_checkpoint")
@@ -70,7 +79,7 @@ def predict_images(
             }
         )
         per_image.setdefault(record["image"], []).append(predictions["keypoints"][i])
-    stems = [Path(name).stem for name in loaded]
+    stems = [str(PurePosixPath(name).with_suffix("")) for name in loaded]
     overlays = {
         _overlay_name(name, stems): plot_people_overlay(loaded[name], people, spec, name, params.vis_threshold)
         for name, people in per_image.items()
