@@ -89,6 +89,31 @@ def test_limited_validation_keeps_whole_images_and_scores_only_them(coco_root):
     assert {s["image_id"] for s in build_sample_indexes(validated, COCO, data.model_copy(update={"subset_seed": 3}))["val"]["samples"]} == drawn[3]
 
 
+def test_detections_on_images_without_people_are_scored(coco_root):
+    path = write_coco_split(coco_root, "val2017", [11, 12, 13])
+
+    def nobody_on_image_13(data):
+        data["annotations"] = [a for a in data["annotations"] if a["image_id"] != 13]
+
+    _edit(path, nobody_on_image_13)
+    folder = coco_root / "person_detection_results"
+    folder.mkdir()
+    boxes = [{"image_id": i, "category_id": 1, "bbox": [30, 20, 40, 80], "score": 0.9} for i in (11, 12, 13)]
+    (folder / "COCO_val2017_detections.json").write_text(json.dumps(boxes))
+    data = DataParams(source="coco", root=str(coco_root))
+    validated = validate_raw_data(locate_raw_data(data), COCO, data, SAMPLE)
+    indexes = build_sample_indexes(validated, COCO, data)
+    truth = ground_truth_for_evaluation(validated, indexes["val"])
+    # image 13 is scored (a ground-truth image without people) and so is the box found on it
+    assert {image["id"] for image in truth["images"]} == {11, 12, 13}
+    assert sorted(s["image_id"] for s in indexes["val_detections"]["samples"]) == [11, 12, 13]
+    # a limited validation scores its own images, and the boxes on them only
+    limited = data.model_copy(update={"max_val_samples": 1})
+    indexes = build_sample_indexes(validated, COCO, limited)
+    kept = {image["id"] for image in ground_truth_for_evaluation(validated, indexes["val"])["images"]}
+    assert len(kept) == 1 and {s["image_id"] for s in indexes["val_detections"]["samples"]} == kept
+
+
 def test_crowd_and_zero_keypoint_people_are_not_training_samples(coco_root):
     path = coco_root / "annotations" / "person_keypoints_train2017.json"
 

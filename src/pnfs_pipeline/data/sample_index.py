@@ -200,8 +200,14 @@ def build_sample_indexes(
     train = _limit(validated.records["train"], data.max_train_samples, seed=data.subset_seed)
     val = _limit_by_image(validated.records["val"], data.max_val_samples, seed=data.subset_seed + 1)
     val_images = {s["image_id"] for s in val}
-    detections = [s for s in validated.records.get("val_detections", []) if s["image_id"] in val_images]
-    if len(val) < len(validated.records["val"]):
+    # Detections are scored against the ground truth's images (ground_truth_for_evaluation): the
+    # whole split, people or not (a box on an image without people is a false positive), or the
+    # images of a limited validation.
+    detections = validated.records.get("val_detections", [])
+    limited = len(val) < len(validated.records["val"])
+    if limited:
+        detections = [s for s in detections if s["image_id"] in val_images]
+    if limited:
         logger.info(
             "data.max_val_samples=%d: %d validation people of %d whole images (evaluation scores those images only)",
             data.max_val_samples, len(val), len(val_images),
