@@ -143,6 +143,9 @@ def test_pretrained_weights_load_from_a_local_file_only(tmp_path):
     torch.testing.assert_close(loaded.stem[0][0].weight, source.stem[0][0].weight)
     with pytest.raises(FileNotFoundError, match="no downloads"):
         build_backbone("tiny", pretrained_path=str(tmp_path / "missing.pt"))
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match="pretrained backbone weights .*junk.pt: not a readable torch file"):
+        build_backbone("tiny", pretrained_path=str(tmp_path / "junk.pt"))
     torch.save({"unrelated": torch.zeros(3)}, tmp_path / "wrong.pt")
     with pytest.raises(ValueError, match="wrong.pt: 0 of the backbone's .* tensors match by name"):
         build_backbone("tiny", pretrained_path=str(tmp_path / "wrong.pt"))

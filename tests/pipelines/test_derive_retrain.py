@@ -13,8 +13,13 @@ from tests.pipelines.conftest import run_pipeline
 def test_derive_and_retrain_after_search(kedro_project):
     run_pipeline(kedro_project, "search", {"search.strategy.name": "gumbel"})
     params = {"derive.rule": "threshold", "derive.latency_repeats": 2, "retrain.trainer.epochs": 1}
-    run_pipeline(kedro_project, "derive", params)
     data = kedro_project / "data"
+    # the search's pretrained backbone file, moved away since, is not needed any more
+    searched = data / "07_model_output" / "architecture_parameters.yml"
+    architecture = yaml.safe_load(searched.read_text())
+    architecture["model"]["pretrained_backbone"] = "moved_away/backbone.pth"
+    searched.write_text(yaml.safe_dump(architecture, sort_keys=False))
+    run_pipeline(kedro_project, "derive", params)
     genotype_file = next((data / "07_model_output" / "genotype.yml").glob("*/genotype.yml"))
     genotype = validate_genotype(yaml.safe_load(genotype_file.read_text()))
     assert genotype["provenance"]["strategy"] == "gumbel" and genotype["provenance"]["rule"] == "threshold"

@@ -46,6 +46,8 @@ def report_sizes(
     sample_params = parse_params(SampleParams, sample, "sample")
     spec = keypoint_spec_from_dict(train_samples["keypoint_spec"], source="train_samples")
     model_params = parse_params(ModelParams, architecture_parameters["model"], "architecture_parameters.model")
+    # Sizes need no trained weights: the search's pretrained file may have moved since.
+    model_params = model_params.model_copy(update={"pretrained_backbone": None})
     threads = torch.get_num_threads()
     if params.latency_threads:
         torch.set_num_threads(params.latency_threads)
