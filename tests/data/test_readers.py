@@ -296,6 +296,10 @@ def test_mpii_reader_converts_matlab_coordinates(tmp_path):
     assert record["size"] == pytest.approx([125.0, 125.0])
     assert record["head_box"] == pytest.approx([10.0, 20.0, 30.0, 40.0])
     assert "scored_keypoints" not in record  # a ground-truth file without joints: the JSON's are scored
+    # without gt_valid.mat there is nothing to score PCKh by: said before any training
+    (root / "annot" / "gt_valid.mat").unlink()
+    with pytest.raises(FileNotFoundError, match=r"annot/gt_valid.mat: not found under data.root=.*head boxes for PCKh"):
+        locate_raw_data(data)
 
 
 def test_mpii_scoring_ground_truth_comes_from_gt_valid_mat(tmp_path):

@@ -70,6 +70,12 @@ def locate_raw_data(data: DataParams) -> dict[str, Any]:
                     f"{manifest[split][kind]}: {split} {kind} not found under data.root={root} "
                     f"(expected the standard {manifest['format'].upper()} layout, see README)"
                 )
+    # PCKh needs its head boxes; without them evaluation would fail after search and retraining.
+    if manifest["ground_truth"] and not Path(manifest["ground_truth"]).is_file():
+        raise FileNotFoundError(
+            f"{manifest['ground_truth']}: not found under data.root={root}; the MPII layout's validation "
+            "ground truth (head boxes for PCKh) is read from it (see README)"
+        )
     return manifest
 
 
@@ -118,9 +124,7 @@ def validate_raw_data(
     )
     k = spec.num_keypoints
     if manifest["format"] == "mpii":
-        ground_truth = None
-        if manifest.get("ground_truth") and Path(manifest["ground_truth"]).is_file():
-            ground_truth = read_mpii_ground_truth(manifest["ground_truth"], k)
+        ground_truth = read_mpii_ground_truth(manifest["ground_truth"], k)
         for split in ("train", "val"):
             validated.records[split] = read_mpii_records(
                 manifest[split]["annotations"],
