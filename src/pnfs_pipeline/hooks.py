@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from kedro.framework.hooks import hook_impl
@@ -9,19 +10,17 @@ from kedro.pipeline import Pipeline
 
 from pnfs_pipeline.pipeline_registry import LIFECYCLE
 
+logger = logging.getLogger(__name__)
+
 
 def lifecycle_pipelines() -> dict[str, Pipeline]:
     """Every lifecycle pipeline, built directly (Kedro loads only the requested ones)."""
     import importlib
 
-    built = {}
-    for stage in LIFECYCLE:
-        try:
-            module = importlib.import_module(f"pnfs_pipeline.pipelines.{stage}.pipeline")
-        except ModuleNotFoundError:
-            continue
-        built[stage] = module.create_pipeline()
-    return built
+    return {
+        stage: importlib.import_module(f"pnfs_pipeline.pipelines.{stage}.pipeline").create_pipeline()
+        for stage in LIFECYCLE
+    }
 
 
 class ParameterCheckHooks:
@@ -82,10 +81,7 @@ class UpstreamCheckHooks:
         registered = lifecycle_pipelines()
         producers = []
         for name in missing:
-            producer = next(
-                (stage for stage in LIFECYCLE if stage in registered and name in registered[stage].all_outputs()),
-                None,
-            )
+            producer = next((stage for stage in LIFECYCLE if name in registered[stage].all_outputs()), None)
             producers.append((LIFECYCLE.index(producer) if producer else -1, producer, name))
         rank, producer, dataset = max(producers)
         if producer is None:
@@ -115,7 +111,9 @@ class DistributedRankHooks:
             from kedro_mlflow.framework.hooks.mlflow_hook import mlflow_hook
 
             disabled = mlflow_hook.mlflow_config.tracking.disable_tracking
-        except (ImportError, AttributeError):
+        except (ImportError, AttributeError) as error:
+            # A kedro-mlflow whose internals moved: this rank would record an MLflow run of its own.
+            logger.warning("rank %d: could not switch kedro-mlflow off (%s); it may record a run of its own", _rank(), error)
             return
         names = run_params.get("pipeline_names") or run_params.get("pipeline_name") or ["__default__"]
         names = [names] if isinstance(names, str) else list(names)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from kedro.framework.project import find_pipelines
 from kedro.pipeline import Pipeline
 
-# The lifecycle, in order; the default run chains every stage that exists.
+# The lifecycle, in order; the default run chains them. Kedro finds only the pipelines a run
+# asks for (`kedro run --pipeline=search` finds search alone), hence the `if`.
 LIFECYCLE = ("prepare", "search", "derive", "retrain", "evaluate")
 
 

@@ -47,3 +47,17 @@ def test_only_rank_zero_opens_an_mlflow_run(kedro_project, monkeypatch):
     monkeypatch.setenv("RANK", "1")
     run_pipeline(kedro_project, "prepare", {"synthetic.num_val_images": 3}, node_names=["summarize_samples"])
     assert _run_count() == before + 1
+
+
+def test_a_rank_that_cannot_switch_mlflow_off_says_so(monkeypatch, caplog):
+    import importlib
+
+    from pnfs_pipeline.hooks import DistributedRankHooks
+
+    module = importlib.import_module("kedro_mlflow.framework.hooks.mlflow_hook")
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.delattr(module.mlflow_hook, "mlflow_config", raising=False)  # internals moved
+    with caplog.at_level("WARNING", logger="pnfs_pipeline.hooks"):
+        DistributedRankHooks().before_pipeline_run({"pipeline_names": ["prepare"]}, None, None)
+    assert "rank 1: could not switch kedro-mlflow off" in caplog.text
