@@ -60,7 +60,7 @@ def test_derive_and_retrain_after_search(kedro_project):
     # A hand-edited genotype missing a field is named by its own check, before anything else.
     broken = {**edited, "network": {k: v for k, v in edited["network"].items() if k != "num_keypoints"}}
     versions[-1].write_text(yaml.safe_dump(broken, sort_keys=False))
-    with pytest.raises(ValueError, match="network.num_keypoints"):
+    with pytest.raises(ValueError, match="genotype: field 'network.num_keypoints'"):
         run_pipeline(kedro_project, "retrain", {**params, "retrain.keypoint_sigmas": None}, from_nodes=["retrain_network"])
     versions[-1].write_text(yaml.safe_dump(edited, sort_keys=False))
 

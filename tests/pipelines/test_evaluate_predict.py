@@ -88,6 +88,10 @@ def test_evaluate_and_predict_after_retrain(kedro_project):
     save_checkpoint({**state, "config": {**state["config"], "keypoint_spec": reordered}}, chosen.with_name("swapped.pt"))
     with pytest.raises(ValueError, match=r"elsewhere/swapped.pt was trained on keypoint spec 'coco' \(17 keypoints\), val_samples .* differ in keypoints"):
         run_pipeline(kedro_project, "evaluate", {**FAST, "evaluate.checkpoint": "elsewhere/swapped.pt"})
+    broken = {**state["config"]["genotype"], "parts": {}}
+    save_checkpoint({**state, "config": {**state["config"], "genotype": broken}}, chosen.with_name("broken.pt"))
+    with pytest.raises(ValueError, match=r"elsewhere/broken.pt \(its genotype\): field 'parts'"):
+        run_pipeline(kedro_project, "evaluate", {**FAST, "evaluate.checkpoint": "elsewhere/broken.pt"})
     save_checkpoint(state["model"], chosen.with_name("weights_only.pt"))
     with pytest.raises(ValueError, match=r"elsewhere/weights_only.pt: not a checkpoint of this project"):
         run_pipeline(kedro_project, "evaluate", {**FAST, "evaluate.checkpoint": "elsewhere/weights_only.pt"})

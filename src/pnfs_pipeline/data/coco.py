@@ -30,7 +30,7 @@ def load_json(path: str | Path) -> Any:
     """Parse a JSON file, failing with the file name and the position of a syntax error."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: annotation file not found")
+        raise FileNotFoundError(f"{path}: JSON file not found")
     try:
         with path.open("rb") as handle:
             return json.load(handle)

@@ -105,8 +105,9 @@ class TrainConfig:
         for name, (value, valid) in checks.items():
             if value not in valid:
                 raise ValueError(f"{name} must be one of {list(valid)}, got {value!r}")
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError("epochs, batch_size and lr must be positive")
+        for name, value in (("epochs", self.epochs), ("batch_size", self.batch_size), ("lr", self.lr)):
+            if value <= 0:
+                raise ValueError(f"{name} must be positive, got {value}")
         if self.heatmap_foreground_weight < 0:
             raise ValueError(f"heatmap_foreground_weight must be >= 0, got {self.heatmap_foreground_weight}")
         if self.ohkm_topk < 0:
@@ -335,7 +336,7 @@ class Trainer:
             shown = "; ".join(differences[:8]) + (f"; and {len(differences) - 8} more" if len(differences) > 8 else "")
             raise ValueError(
                 f"cannot resume from {path}: it was trained with other settings ({shown}). "
-                "Restore them to continue that run, or set resume: false to start afresh."
+                "Restore them to continue that run, or move the file away to start afresh."
             )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])

@@ -326,13 +326,16 @@ def network_from_checkpoint(checkpoint: dict[str, Any], source: str = "checkpoin
         )
     config = checkpoint["config"]
     if "genotype" in config:
-        network: nn.Module = DerivedNetwork(config["genotype"])
+        network: nn.Module = DerivedNetwork(validate_genotype(config["genotype"], f"{source} (its genotype)"))
     elif "model" in config and "keypoint_spec" in config:
-        from pnfs_pipeline.config import ModelParams
+        from pnfs_pipeline.config import ModelParams, ParameterError, parse_params
         from pnfs_pipeline.keypoints import keypoint_spec_from_dict
         from pnfs_pipeline.nas.supernet import build_supernet
 
-        model = ModelParams(**{**config["model"], "pretrained_backbone": None})
+        try:
+            model = parse_params(ModelParams, {**config["model"], "pretrained_backbone": None}, "model")
+        except ParameterError as error:
+            raise ValueError(f"{source}: the checkpoint's model configuration is not valid: {error}") from None
         network = build_supernet(keypoint_spec_from_dict(config["keypoint_spec"], source=source), model)
     else:
         raise ValueError(f"{source}: the checkpoint holds neither a genotype nor a model configuration")

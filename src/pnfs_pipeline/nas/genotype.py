@@ -236,8 +236,18 @@ _NETWORK_FIELDS = {
 }
 
 
-def validate_genotype(genotype: Any) -> dict[str, Any]:
-    """Check a genotype's structure; raise :class:`GenotypeError` naming the faulty field."""
+def validate_genotype(genotype: Any, source: str | None = None) -> dict[str, Any]:
+    """Check a genotype's structure; raise :class:`GenotypeError` naming the faulty field, and
+    ``source`` (where the genotype came from) when given."""
+    try:
+        return _checked_genotype(genotype)
+    except GenotypeError as error:
+        if source is None:
+            raise
+        raise GenotypeError(f"{source}: {error}") from None
+
+
+def _checked_genotype(genotype: Any) -> dict[str, Any]:
     if not isinstance(genotype, dict):
         raise GenotypeError("a genotype must be a mapping")
     if genotype.get("format") != GENOTYPE_FORMAT:

@@ -43,7 +43,7 @@ def retrain_network(
     model_params = parse_params(ModelParams, model, "model")
     sample_params = parse_params(SampleParams, sample, "sample")
     spec = keypoint_spec_from_dict(train_samples["keypoint_spec"], source="train_samples")
-    genotype = validate_genotype(genotype)  # a hand-edited one fails on its own fields first
+    genotype = validate_genotype(genotype, "genotype")  # a hand-edited one fails on its own fields first
     if genotype["network"]["num_keypoints"] != spec.num_keypoints:
         raise KeypointSpecError(
             f"genotype: network.num_keypoints is {genotype['network']['num_keypoints']}, train_samples hold "
