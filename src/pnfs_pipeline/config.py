@@ -438,7 +438,7 @@ class EvaluateParams(StrictModel):
     flip_test: bool = True
     decode: Literal["argmax", "dark"] = "dark"
     dark_kernel: int = Field(3, ge=1)  # odd smoothing window of decode=dark (1: none)
-    flip_shift: Literal["exact", "reference"] = "exact"  # sub-pixel flip-back, or the reference's 1 px
+    flip_shift: Literal["exact", "reference", "none"] = "exact"  # evaluation.predict.flip_shift_pixels
     batch_size: int = Field(32, ge=1)
     vis_threshold: float = Field(0.2, ge=0.0, le=1.0)
     nms: Literal["oks", "soft", "none"] = "oks"
@@ -458,7 +458,7 @@ class PredictParams(StrictModel):
     flip_test: bool = True
     decode: Literal["argmax", "dark"] = "dark"
     dark_kernel: int = Field(3, ge=1)
-    flip_shift: Literal["exact", "reference"] = "exact"
+    flip_shift: Literal["exact", "reference", "none"] = "exact"
     batch_size: int = Field(16, ge=1)
     vis_threshold: float = Field(0.2, ge=0.0, le=1.0)
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -23,7 +23,7 @@ from pnfs_pipeline.evaluation.decode import (
 )
 from pnfs_pipeline.evaluation.images import image_samples
 from pnfs_pipeline.evaluation.pckh import pckh, pckh_table
-from pnfs_pipeline.evaluation.predict import predict_dataset, predict_heatmaps
+from pnfs_pipeline.evaluation.predict import flip_shift_pixels, predict_dataset, predict_heatmaps
 from pnfs_pipeline.keypoints import load_keypoint_spec
 
 COCO = load_keypoint_spec("coco")
@@ -117,6 +117,12 @@ def test_exact_flip_shift_puts_the_flipped_prediction_where_the_keypoint_is(inpu
     assert centre_of_mass(1.0) - x_input / stride == pytest.approx(1 / stride, abs=1e-6)
     with pytest.raises(ValueError, match="flip shift"):
         flip_back(torch.from_numpy(heatmaps)[None], permutation, 1.5)
+    # the parameter's three choices: exact, HRNet's pixel, the original PNFS code's plain mirror
+    chosen = {name: flip_shift_pixels(name, input_width, heatmap_width) for name in ("exact", "reference", "none")}
+    assert chosen == {"exact": exact, "reference": 1.0, "none": 0.0}
+    assert x_input / stride - centre_of_mass(chosen["none"]) == pytest.approx(1 - 1 / stride, abs=1e-6)
+    with pytest.raises(ValueError, match=r"flip_shift must be one of \['exact', 'reference', 'none'\], got 'half'"):
+        flip_shift_pixels("half", input_width, heatmap_width)
 
 
 def test_flip_test_of_a_symmetric_input_is_symmetric():

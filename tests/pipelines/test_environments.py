@@ -101,3 +101,4 @@ def test_real_data_environment_runs_end_to_end(kedro_project, real_layout_root, 
     metrics = json.loads((data / "08_reporting" / "evaluation_metrics.json").read_text())
     assert scores <= set(metrics["overall"])
     assert metrics["boxes"] == extra.get("evaluate.boxes", "ground_truth")
+    assert metrics["flip_shift"] == "none"  # the original PNFS code's flip test

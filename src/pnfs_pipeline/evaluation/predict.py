@@ -32,6 +32,18 @@ def predict_heatmaps(
     return heatmaps
 
 
+FLIP_SHIFTS = ("exact", "reference", "none")
+
+
+def flip_shift_pixels(flip_shift: str, input_width: int, heatmap_width: int) -> float:
+    """Heatmap pixels the flipped half of a flip test moves right: ``exact``, its true sub-pixel
+    offset (0.75 at stride 4); ``reference``, HRNet's whole pixel; ``none``, the original PNFS
+    code's plain mirror (its half then sits 1 - 1/stride px left, half that in the average)."""
+    if flip_shift not in FLIP_SHIFTS:
+        raise ValueError(f"flip_shift must be one of {list(FLIP_SHIFTS)}, got {flip_shift!r}")
+    return {"exact": exact_flip_shift(input_width, heatmap_width), "reference": 1.0, "none": 0.0}[flip_shift]
+
+
 @torch.no_grad()
 def predict_dataset(
     model: nn.Module,
@@ -46,14 +58,12 @@ def predict_dataset(
 ) -> dict[str, np.ndarray]:
     """Keypoints ``(N, K, 3)`` (x, y, confidence) in image pixels plus each crop's metadata.
 
-    ``flip_shift``: ``exact`` undoes the flip by its true sub-pixel offset, ``reference`` by the
-    reference code's whole pixel. ``dark_kernel``: the smoothing window of ``decode="dark"``.
+    ``flip_shift``: see :func:`flip_shift_pixels`. ``dark_kernel``: the smoothing window of ``decode="dark"``.
     ``crop_scales``: multi-scale testing; each person is also cropped at these multiples of its
     box (same centre; < 1 zooms in) and the heatmaps, resampled into the box's crop, are averaged
     where each crop covers it. ``(1.0,)`` is the usual single crop.
     """
-    if flip_shift not in ("exact", "reference"):
-        raise ValueError(f"flip_shift must be 'exact' or 'reference', got {flip_shift!r}")
+    shift = flip_shift_pixels(flip_shift, dataset.sample.input_size[0], dataset.sample.heatmap_size[0])
     if not crop_scales or any(scale <= 0 for scale in crop_scales):
         raise ValueError(f"crop_scales must be a non-empty list of positive factors, got {list(crop_scales)}")
     device = torch.device(device)
@@ -69,9 +79,6 @@ def predict_dataset(
         for scale in crop_scales
     ]
     permutation = dataset.spec.flip_permutation() if flip_test else None
-    shift = 1.0
-    if flip_shift == "exact":
-        shift = exact_flip_shift(dataset.sample.input_size[0], dataset.sample.heatmap_size[0])
     outputs: dict[str, list[np.ndarray]] = {k: [] for k in ("keypoints", "scores", "areas", "image_ids", "indices")}
     with Progress(transient=True) as progress:
         task = progress.add_task("predicting", total=len(loaders[0]))

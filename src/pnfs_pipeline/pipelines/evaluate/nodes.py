@@ -100,6 +100,7 @@ def score_predictions(
     metrics["boxes"] = predictions["boxes"]
     metrics["checkpoint"] = predictions.get("source", "retrained_checkpoint")
     metrics["flip_test"] = params.flip_test
+    metrics["flip_shift"] = params.flip_shift if params.flip_test else None
     logger.info("evaluation (%s boxes): %s", predictions["boxes"], metrics["overall"])
     log_metrics(metrics["overall"], prefix="eval_")
     return metrics, results
