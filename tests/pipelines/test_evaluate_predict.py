@@ -77,6 +77,11 @@ def test_evaluate_and_predict_after_retrain(kedro_project):
         run_pipeline(kedro_project, "evaluate", {**FAST, "evaluate.checkpoint": "elsewhere/missing.pt"})
     run_pipeline(kedro_project, "evaluate", {**FAST, "evaluate.checkpoint": "elsewhere/model.pt"})
     assert json.loads((data / "08_reporting" / "evaluation_metrics.json").read_text())["checkpoint"] == "elsewhere/model.pt"
+    # ... the searched supernet itself too, as the original code evaluates (README)
+    supernet = next((data / "06_models" / "supernet.pt").glob("*/supernet.pt")).relative_to(kedro_project)
+    run_pipeline(kedro_project, "evaluate", {**FAST, "evaluate.checkpoint": str(supernet)})
+    metrics = json.loads((data / "08_reporting" / "evaluation_metrics.json").read_text())
+    assert metrics["checkpoint"] == str(supernet) and 0.0 <= metrics["overall"]["AP"] <= 1.0
 
     # A model of another keypoint spec, or a file that is not one of our checkpoints, is refused by name.
     from pnfs_pipeline.engine.checkpoint import load_checkpoint, save_checkpoint

@@ -40,7 +40,8 @@ def _visible(name: str) -> bool:
 def predict_images(
     images: dict[str, Callable[[], Any]], retrained_checkpoint: dict[str, Any], predict: dict[str, Any]
 ) -> tuple[list[dict[str, Any]], dict[str, Figure]]:
-    """Keypoints (COCO results format, plus each image's file name) and one overlay per image."""
+    """Keypoints (COCO results format, plus each image's file name) and one overlay per image
+    with people (with a boxes file, images without a box get neither)."""
     params = parse_params(PredictParams, predict, "predict")
     # Images are named by their path under the folder, so a/1.jpg and b/1.jpg stay apart.
     images = {name: load for name, load in images.items() if _visible(name)}
