@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
-from pycocotools.coco import COCO
+from rich.progress import track
 
 from pnfs_pipeline.data.records import (
     BadInputError,
@@ -90,12 +90,6 @@ class CocoSplit:
             "categories": self.categories,
         }
 
-    def to_pycocotools(self) -> COCO:
-        coco = COCO()
-        coco.dataset = self.to_coco_dict()
-        coco.createIndex()
-        return coco
-
 
 def _validate_images(
     raw_images: Any, file: str, image_dir: Path, log: BadRecordLog, check_images: str
@@ -104,7 +98,8 @@ def _validate_images(
         raise BadInputError(f"{file}: 'images' must be a list")
     images: dict[int, dict[str, Any]] = {}
     seen_files: dict[str, int] = {}
-    for position, image in enumerate(raw_images):
+    checking = track(raw_images, description=f"checking the images of {Path(file).name}", transient=True)
+    for position, image in enumerate(checking):
         if not isinstance(image, dict) or not isinstance(image.get("id"), int):
             log.add(file, f"images[{position}]", "malformed image entry: needs an integer 'id'")
             continue

@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+from rich.progress import track
 from scipy.io import loadmat
 
 from pnfs_pipeline.data.coco import image_is_readable, load_json
@@ -82,7 +83,8 @@ def read_mpii_records(
     image_problems: dict[str, str | None] = {}
     image_ids: dict[str, int] = {}
     records: list[PersonRecord] = []
-    for position, entry in enumerate(entries):
+    checking = track(entries, description=f"checking {Path(file).name}", transient=True)
+    for position, entry in enumerate(checking):
         problem = _entry_problem(entry, num_keypoints)
         if problem is None:
             name = entry["image"]

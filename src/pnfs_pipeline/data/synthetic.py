@@ -45,6 +45,7 @@ import cv2
 import numpy as np
 import scipy.io
 from pycocotools import mask as mask_utils
+from rich.progress import track
 
 logger = logging.getLogger(__name__)
 
@@ -1535,7 +1536,12 @@ def generate_synthetic_dataset(
         for split_index, (split, count) in enumerate(
             (("train", config.num_train_images), ("val", config.num_val_images))
         ):
-            rendered = render_all((config, split_index, i, params) for i in range(count))
+            rendered = track(
+                render_all((config, split_index, i, params) for i in range(count)),
+                total=count,
+                description=f"rendering {count} {split} images",
+                transient=True,
+            )
             summary["splits"][split], next_ann_id = _write_split(
                 paths, config, split, split_index, rendered, next_ann_id, detections, mpii
             )

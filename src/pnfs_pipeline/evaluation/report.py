@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from rich.progress import Progress
 
 from pnfs_pipeline.evaluation.coco_eval import coco_results, evaluate_coco
 from pnfs_pipeline.evaluation.pckh import pckh_table
@@ -32,15 +33,20 @@ def score_coco(
         nms,
         nms_threshold,
     )
-    metrics: dict[str, Any] = {"overall": evaluate_coco(ground_truth, results, sigmas)}
-    metrics["per_keypoint_AP"] = {
-        name: evaluate_coco(ground_truth, results, sigmas, [k])["AP"] for k, name in enumerate(spec.keypoints)
-    }
-    if num_parts and num_parts in spec.parts:
-        metrics["per_part_AP"] = {
-            part: evaluate_coco(ground_truth, results, sigmas, list(keypoints))["AP"]
-            for part, keypoints in spec.body_parts(num_parts).items()
-        }
+    parts = spec.body_parts(num_parts) if num_parts and num_parts in spec.parts else {}
+    # One COCOeval over all keypoints, then one per keypoint and per part (~10 s each on COCO val).
+    with Progress(transient=True) as progress:
+        task = progress.add_task("COCO evaluation", total=1 + len(spec.keypoints) + len(parts))
+
+        def evaluate(keypoints: list[int] | None) -> dict[str, float]:
+            scores = evaluate_coco(ground_truth, results, sigmas, keypoints)
+            progress.advance(task)
+            return scores
+
+        metrics: dict[str, Any] = {"overall": evaluate(None)}
+        metrics["per_keypoint_AP"] = {name: evaluate([k])["AP"] for k, name in enumerate(spec.keypoints)}
+        if parts:
+            metrics["per_part_AP"] = {part: evaluate(list(keypoints))["AP"] for part, keypoints in parts.items()}
     return metrics, results
 
 
