@@ -236,7 +236,7 @@ def build_sample_indexes(
 def ground_truth_for_evaluation(
     validated: ValidatedData, val_index: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """The cleaned validation ground truth: COCO JSON, or MPII joints and head boxes.
+    """The cleaned validation ground truth: COCO JSON (MPII's travels in the validation samples).
 
     With ``val_index`` (the validation sample index), only the images it samples: an index limited
     by ``data.max_val_samples`` is scored against its own images, not the whole split.
@@ -250,7 +250,8 @@ def ground_truth_for_evaluation(
             truth["images"] = [image for image in truth["images"] if image["id"] in kept]
             truth["annotations"] = [a for a in truth["annotations"] if a["image_id"] in kept]
         return {"format": "coco", **truth}
-    return {"format": "mpii", "records": list(val_index["samples"]) if limited else records}
+    # PCKh scores the validation samples themselves, which carry gt_valid.mat's joints and head boxes.
+    return {"format": "mpii"}
 
 
 def summarize_indexes(indexes: dict[str, dict[str, Any]], spec: KeypointSpec) -> dict[str, Any]:

@@ -75,13 +75,6 @@ def all_reduce_mean(tensors: list[torch.Tensor], context: DistributedContext) ->
         tensor.div_(context.world_size)
 
 
-def broadcast_parameters(parameters: list[torch.Tensor], context: DistributedContext) -> None:
-    if not context.enabled:
-        return
-    for parameter in parameters:
-        dist.broadcast(parameter.data, src=0)
-
-
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))

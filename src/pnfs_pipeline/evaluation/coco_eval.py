@@ -17,24 +17,17 @@ logger = logging.getLogger(__name__)
 COCO_STAT_NAMES = ("AP", "AP .5", "AP .75", "AP (M)", "AP (L)", "AR", "AR .5", "AR .75", "AR (M)", "AR (L)")
 
 
-def oks_matrix(keypoints: np.ndarray, areas: np.ndarray, sigmas: np.ndarray, vis_threshold: float | None = None) -> np.ndarray:
-    """Pairwise object keypoint similarity ``(N, N)`` between predictions ``(N, K, 3)``.
-
-    As the reference OKS-NMS, the mean of the pair's two areas normalises (so the matrix is
-    symmetric); with ``vis_threshold`` only keypoints above it in both predictions count (the
-    reference's ``list and list`` keeps only the second prediction's flags).
+def oks_matrix(keypoints: np.ndarray, areas: np.ndarray, sigmas: np.ndarray) -> np.ndarray:
+    """Pairwise object keypoint similarity ``(N, N)`` between predictions ``(N, K, 3)``, every
+    keypoint counted (as the reference evaluation calls its OKS-NMS). As the reference OKS-NMS, the
+    mean of the pair's two areas normalises, so the matrix is symmetric.
     """
     variances = (2.0 * np.asarray(sigmas)) ** 2
     xy = keypoints[..., :2]
     d2 = ((xy[:, None, :, :] - xy[None, :, :, :]) ** 2).sum(-1)  # (N, N, K)
     scale = (areas[:, None] + areas[None, :]) / 2.0 + np.spacing(1)
     e = d2 / variances[None, None, :] / scale[:, :, None] / 2.0
-    similarity = np.exp(-e)
-    if vis_threshold is not None:
-        valid = (keypoints[:, None, :, 2] > vis_threshold) & (keypoints[None, :, :, 2] > vis_threshold)
-        counts = valid.sum(-1)
-        return np.where(counts > 0, (similarity * valid).sum(-1) / np.maximum(counts, 1), 0.0)
-    return similarity.mean(-1)
+    return np.exp(-e).mean(-1)
 
 
 def oks_nms(
@@ -43,12 +36,11 @@ def oks_nms(
     areas: np.ndarray,
     sigmas: np.ndarray,
     threshold: float = 0.9,
-    vis_threshold: float | None = None,
 ) -> list[int]:
     """Greedy non-maximum suppression by OKS; returns the kept indices, best score first."""
     if len(scores) == 0:
         return []
-    oks = oks_matrix(keypoints, areas, sigmas, vis_threshold)
+    oks = oks_matrix(keypoints, areas, sigmas)
     order = np.argsort(-scores, kind="stable")
     suppressed = np.zeros(len(scores), dtype=bool)
     keep = []

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pnfs_pipeline.nas.cell import NUM_SLOTS, Cell, num_edges
+from pnfs_pipeline.nas.cell import Cell, num_edges
 from pnfs_pipeline.nas.ops import AdaptedInput
 
 
@@ -96,10 +96,6 @@ class CellFabric(nn.Module):
     @property
     def num_cells(self) -> int:
         return len(self.positions)
-
-    @property
-    def beta_shape(self) -> tuple[int, int]:
-        return (self.num_cells, NUM_SLOTS)
 
     def forward(
         self,

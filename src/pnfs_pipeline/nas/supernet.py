@@ -225,10 +225,6 @@ class PartSupernet(nn.Module):
         arch = {id(p) for p in self.arch_parameters()}
         return [p for p in self.parameters() if id(p) not in arch]
 
-    def named_weight_parameters(self) -> list[tuple[str, nn.Parameter]]:
-        arch = {id(p) for p in self.arch_parameters()}
-        return [(n, p) for n, p in self.named_parameters() if id(p) not in arch]
-
     # ---- architecture weights --------------------------------------------------------------
     def expand_alpha(self, alpha: torch.Tensor, part: int) -> torch.Tensor:
         """(edges, ops) shared alphas -> (cells, edges, ops)."""

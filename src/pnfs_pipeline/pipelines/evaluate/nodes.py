@@ -79,7 +79,6 @@ def score_predictions(
     val_ground_truth: dict[str, Any],
     val_samples: dict[str, Any],
     evaluate: dict[str, Any],
-    model: dict[str, Any],
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """COCO AP (overall, per keypoint, per part) or the MPII PCKh table; logged to MLflow."""
     params = parse_params(EvaluateParams, evaluate, "evaluate")
@@ -92,7 +91,7 @@ def score_predictions(
             arrays,
             val_ground_truth,
             spec,
-            predictions.get("num_parts") or (model or {}).get("num_parts"),
+            predictions["num_parts"],
             params.vis_threshold,
             params.nms,
             params.nms_threshold,

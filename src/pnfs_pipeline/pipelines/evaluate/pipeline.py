@@ -16,7 +16,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 nodes.score_predictions,
-                inputs=["val_predictions", "val_ground_truth", "val_samples", "params:evaluate", "params:model"],
+                inputs=["val_predictions", "val_ground_truth", "val_samples", "params:evaluate"],
                 outputs=["evaluation_metrics", "val_keypoint_results"],
                 name="score_predictions",
             ),
