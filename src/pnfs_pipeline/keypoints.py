@@ -103,7 +103,7 @@ def check_same_keypoints(model_spec: dict[str, Any] | None, data_spec: dict[str,
     with as many keypoints, score the wrong ones silently. ``None``: the model records no spec."""
     if model_spec is None:
         return
-    differences = [name for name in ("keypoints", "flip_pairs") if _as_lists(model_spec.get(name)) != _as_lists(data_spec.get(name))]
+    differences = [name for name in ("keypoints", "flip_pairs") if as_lists(model_spec.get(name)) != as_lists(data_spec.get(name))]
     if differences:
         raise KeypointSpecError(
             f"{model_source} was trained on keypoint spec {model_spec.get('name')!r} "
@@ -113,8 +113,14 @@ def check_same_keypoints(model_spec: dict[str, Any] | None, data_spec: dict[str,
         )
 
 
-def _as_lists(value: Any) -> Any:
-    return [_as_lists(item) for item in value] if isinstance(value, list | tuple) else value
+def as_lists(value: Any) -> Any:
+    """``value`` with every tuple a list, inside dicts and lists too: a configuration as it reads
+    back from YAML or a checkpoint, to compare with one built in memory."""
+    if isinstance(value, dict):
+        return {key: as_lists(item) for key, item in value.items()}
+    if isinstance(value, tuple | list):
+        return [as_lists(item) for item in value]
+    return value
 
 
 def _fail(source: str, field_name: str, reason: str) -> KeypointSpecError:

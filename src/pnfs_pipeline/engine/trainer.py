@@ -39,6 +39,7 @@ from pnfs_pipeline.engine.distributed import (
     launch,
 )
 from pnfs_pipeline.engine.loss import joints_mse_loss
+from pnfs_pipeline.keypoints import as_lists
 from pnfs_pipeline.nas.fast_depthwise import use_fast_depthwise
 from pnfs_pipeline.nas.fused_batch_norm import use_fused_batch_norm
 from pnfs_pipeline.nas.strategies import SearchStrategy
@@ -136,21 +137,13 @@ def config_differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
             name = f"{prefix}.{key}" if prefix else str(key)
             differences += config_differences(saved.get(key, "(absent)"), current.get(key, "(absent)"), name)
         return differences
-    if _as_lists(saved) == _as_lists(current):
+    if as_lists(saved) == as_lists(current):
         return []
     return [f"{prefix}: {_shortened(saved)} -> {_shortened(current)}"]
 
 
-def _as_lists(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {key: _as_lists(item) for key, item in value.items()}
-    if isinstance(value, tuple | list):
-        return [_as_lists(item) for item in value]
-    return value
-
-
 def _shortened(value: Any, limit: int = 60) -> str:
-    text = repr(_as_lists(value))
+    text = repr(as_lists(value))
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

@@ -33,7 +33,8 @@ from pnfs_pipeline.nas.ops import (
     scaled_forward,
 )
 
-NUM_SLOTS = 3  # parallel, above (finer), below (coarser)
+SLOT_NAMES = ("parallel", "above", "below")  # same scale, the finer one, the coarser one
+NUM_SLOTS = len(SLOT_NAMES)
 
 
 def num_edges(hidden_states: int, input_nodes: int) -> int:

@@ -262,7 +262,7 @@ def inherit_supernet_weights(
         raise KeyError(f"the supernet has no part(s) {missing}; its parts: {order}")
     genotype = derived.genotype
     network = genotype["network"]
-    grid = GridShape(network["depth"], len(network["channels"]), network["cut_layers_num"], network["input_count"])
+    grid = GridShape.of(network)
     mapping: dict[str, str] = {}
     fresh: set[str] = set()
     own = derived.state_dict()

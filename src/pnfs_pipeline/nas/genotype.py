@@ -37,12 +37,11 @@ from typing import Any
 
 import numpy as np
 
-from pnfs_pipeline.nas.cell import num_edges
+from pnfs_pipeline.nas.cell import SLOT_NAMES, num_edges
 from pnfs_pipeline.nas.fabric import fabric_layer_sizes, slot_sources
 from pnfs_pipeline.nas.ops import canonical_op_name
 
 GENOTYPE_FORMAT = "pnfs-genotype/1"
-SLOT_NAMES = ("parallel", "above", "below")
 RULES = ("threshold", "path", "top1", "original")
 
 
@@ -69,6 +68,11 @@ class GridShape:
     num_scales: int
     cut_layers: int
     input_count: int
+
+    @classmethod
+    def of(cls, network: dict[str, Any]) -> GridShape:
+        """The shape a genotype's (or architecture summary's) ``network`` section describes."""
+        return cls(network["depth"], len(network["channels"]), network["cut_layers_num"], network["input_count"])
 
     @property
     def layer_sizes(self) -> list[int]:
@@ -149,9 +153,7 @@ def derive_genotype(
     if rule not in RULES:
         raise ValueError(f"unknown derivation rule {rule!r}; valid: {list(RULES)}")
     operators = [canonical_op_name(o) for o in architecture["operators"]]
-    grid = GridShape(
-        network["depth"], len(network["channels"]), network["cut_layers_num"], network["input_count"]
-    )
+    grid = GridShape.of(network)
     parts = {}
     for part, info in architecture["parts"].items():
         cells = info["cells"]
@@ -258,7 +260,7 @@ def _checked_genotype(genotype: Any) -> dict[str, Any]:
     for name, kind in _NETWORK_FIELDS.items():
         if not isinstance(network.get(name), kind) or isinstance(network.get(name), bool):
             raise GenotypeError(f"field 'network.{name}' must be a {kind.__name__}, got {network.get(name)!r}")
-    grid = GridShape(network["depth"], len(network["channels"]), network["cut_layers_num"], network["input_count"])
+    grid = GridShape.of(network)
     if not 0 <= grid.cut_layers < grid.depth:
         raise GenotypeError("field 'network.cut_layers_num' must be in [0, depth)")
     edges_per_cell = num_edges(network["hidden_states_num"], network["input_nodes_num"])
@@ -336,7 +338,7 @@ def _checked_genotype(genotype: Any) -> dict[str, Any]:
 def kept_sources(genotype: dict[str, Any], part: str, name: str) -> dict[int, float]:
     """Previous-layer scale index -> weight for the kept inputs of a cell."""
     network = genotype["network"]
-    grid = GridShape(network["depth"], len(network["channels"]), network["cut_layers_num"], network["input_count"])
+    grid = GridShape.of(network)
     layer, scale = parse_cell_name(name)
     sources = grid.sources(layer, scale)
     result: dict[int, float] = {}

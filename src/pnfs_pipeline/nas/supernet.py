@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from pnfs_pipeline.nas.backbones import Backbone
-from pnfs_pipeline.nas.cell import NUM_SLOTS
+from pnfs_pipeline.nas.cell import NUM_SLOTS, SLOT_NAMES
 from pnfs_pipeline.nas.fabric import CellFabric
 from pnfs_pipeline.nas.fast_depthwise import is_channels_last
 from pnfs_pipeline.nas.ops import AdaptedInput, canonical_op_names
@@ -287,7 +287,7 @@ class PartSupernet(nn.Module):
         return {
             "strategy": strategy,
             "operators": list(self.fabric_config.operators),
-            "slots": ["parallel", "above", "below"],
+            "slots": list(SLOT_NAMES),
             "share_alpha": self.fabric_config.share_alpha,
             "parts": parts,
         }

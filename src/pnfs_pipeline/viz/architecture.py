@@ -22,7 +22,7 @@ def _cell_sources(architecture: dict[str, Any], cell: str) -> tuple[int, int, in
     network = architecture.get("network")
     if not network:
         return None
-    grid = GridShape(network["depth"], len(network["channels"]), network["cut_layers_num"], network["input_count"])
+    grid = GridShape.of(network)
     return grid.sources(*parse_cell_name(cell))
 
 

@@ -28,8 +28,7 @@ OP_SHORT = {
 
 
 def _grid(genotype: dict[str, Any]) -> GridShape:
-    n = genotype["network"]
-    return GridShape(n["depth"], len(n["channels"]), n["cut_layers_num"], n["input_count"])
+    return GridShape.of(genotype["network"])
 
 
 def _ops_label(ops: list) -> str:
