@@ -78,3 +78,22 @@ def test_derive_and_retrain_after_search(kedro_project):
 def test_running_too_early_names_the_command_to_run_first(kedro_project, pipeline, command):
     with pytest.raises(MissingUpstreamError, match=rf"run `kedro run --pipeline={command}` first"):
         run_pipeline(kedro_project, pipeline)
+
+
+def test_a_frozen_backbone_stays_frozen_in_retraining(kedro_project):
+    frozen = {"model.frozen_backbone": True, "derive.latency_repeats": 1, "retrain.trainer.epochs": 1}
+    run_pipeline(kedro_project, "search", frozen)
+    run_pipeline(kedro_project, "retrain", frozen)
+    models = kedro_project / "data" / "06_models"
+    supernet = load_checkpoint(next((models / "supernet.pt").glob("*/supernet.pt")))["model"]
+    retrained = load_checkpoint(next((models / "retrained.pt").glob("*/retrained.pt")))
+    weights = [k for k in retrained["model"] if k.startswith("backbone.") and k.endswith(".weight")]
+    assert weights and all(retrained["model"][k].equal(supernet[k]) for k in weights)
+    assert retrained["config"]["frozen_backbone"] is True
+    # the optimizer trained every parameter but the backbone's
+    from pnfs_pipeline.nas.derived import DerivedNetwork
+
+    names = [name for name, _ in DerivedNetwork(retrained["config"]["genotype"]).named_parameters()]
+    trained = [name for name in names if not name.startswith("backbone.")]
+    assert 0 < len(trained) < len(names)
+    assert sum(len(group["params"]) for group in retrained["optimizer"]["param_groups"]) == len(trained)

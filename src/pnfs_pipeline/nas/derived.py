@@ -199,9 +199,14 @@ class DerivedPart(nn.Module):
 
 
 class DerivedNetwork(nn.Module):
-    """Backbone + one derived fabric per part; returns (N, K, H/4, W/4) heatmaps."""
+    """Backbone + one derived fabric per part; returns (N, K, H/4, W/4) heatmaps.
 
-    def __init__(self, genotype: dict[str, Any], backbone: nn.Module | None = None) -> None:
+    ``frozen_backbone``: the backbone's weights get no gradients (``model.frozen_backbone``).
+    """
+
+    def __init__(
+        self, genotype: dict[str, Any], backbone: nn.Module | None = None, frozen_backbone: bool = False
+    ) -> None:
         super().__init__()
         validate_genotype(genotype)
         network = genotype["network"]
@@ -223,6 +228,8 @@ class DerivedNetwork(nn.Module):
                         )
                     parameter.copy_(values)
                     parameter.requires_grad_(False)
+        if frozen_backbone:
+            self.backbone.requires_grad_(False)
         self.part_names = list(genotype["parts"])
         self.parts = nn.ModuleList(DerivedPart(genotype, p, self.backbone.channels) for p in self.part_names)
         self.num_keypoints = network["num_keypoints"]

@@ -62,7 +62,7 @@ def retrain_network(
         )
         sample_params = sample_params.model_copy(update={"keypoint_sigmas": params.keypoint_sigmas})
     torch.manual_seed(params.trainer.seed)
-    network = DerivedNetwork(genotype)
+    network = DerivedNetwork(genotype, frozen_backbone=model_params.frozen_backbone)
     if params.init == "inherit":
         copied = inherit_supernet_weights(
             network, supernet_checkpoint["model"], supernet_checkpoint["config"].get("part_names")
@@ -79,7 +79,7 @@ def retrain_network(
         seed=params.trainer.seed,
     )
     job = TrainingJob(
-        model_builder=functools.partial(DerivedNetwork, genotype),
+        model_builder=functools.partial(DerivedNetwork, genotype, frozen_backbone=model_params.frozen_backbone),
         train_dataset=train_dataset,
         val_dataset=val_dataset,
         config=TrainConfig(**params.trainer.model_dump()),
@@ -89,6 +89,7 @@ def retrain_network(
             "sample": sample_params.model_dump(mode="json"),
             "keypoint_spec": train_samples["keypoint_spec"],
             "retrain": params.model_dump(mode="json"),
+            "frozen_backbone": model_params.frozen_backbone,
         },
         resume=params.resume,
         initial_state=network.state_dict(),
