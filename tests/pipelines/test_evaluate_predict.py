@@ -23,6 +23,14 @@ def test_evaluate_and_predict_after_retrain(kedro_project):
     assert (data / "08_reporting" / "validation_overlays.png").stat().st_size > 10_000
     results = json.loads((data / "07_model_output" / "val_keypoint_results.json").read_text())
     assert results and len(results[0]["keypoints"]) == 51
+    # the report names the scored network and the search its genotype came from
+    import yaml
+
+    genotype = yaml.safe_load(next((data / "07_model_output" / "genotype.yml").glob("*/genotype.yml")).read_text())
+    network = metrics["network"]
+    assert network["kind"] == "derived" and network["trained_epochs"] == 1
+    assert network["search_finished_at"] == genotype["provenance"]["search"]["finished_at"]
+    assert network["cells_per_part"] == {part: len(info["cells"]) for part, info in genotype["parts"].items()}
 
     # Detected boxes instead of ground-truth ones.
     run_pipeline(kedro_project, "evaluate", {**FAST, "evaluate.boxes": "detections", "evaluate.flip_test": False})
@@ -82,6 +90,7 @@ def test_evaluate_and_predict_after_retrain(kedro_project):
     run_pipeline(kedro_project, "evaluate", {**FAST, "evaluate.checkpoint": str(supernet)})
     metrics = json.loads((data / "08_reporting" / "evaluation_metrics.json").read_text())
     assert metrics["checkpoint"] == str(supernet) and 0.0 <= metrics["overall"]["AP"] <= 1.0
+    assert metrics["network"]["kind"] == "supernet"
 
     # A model of another keypoint spec, or a file that is not one of our checkpoints, is refused by name.
     from pnfs_pipeline.engine.checkpoint import load_checkpoint, save_checkpoint

@@ -322,6 +322,29 @@ def inherit_supernet_weights(
     return len(copied)
 
 
+def describe_checkpoint_network(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """Which network a checkpoint holds, for reports: a derived network with the search its
+    genotype came from (so a report can be matched with the genotype it sits beside), or a
+    supernet."""
+    config = checkpoint.get("config", {})
+    epochs = {"trained_epochs": int(checkpoint["epoch"]) + 1} if "epoch" in checkpoint else {}
+    genotype = config.get("genotype")
+    if isinstance(genotype, dict):
+        provenance = genotype.get("provenance", {})
+        search = provenance.get("search", {})
+        return {
+            "kind": "derived",
+            "backbone": genotype["network"].get("backbone"),
+            "strategy": provenance.get("strategy"),
+            "rule": provenance.get("rule"),
+            "search_finished_at": search.get("finished_at"),
+            "search_mlflow_run_id": search.get("mlflow_run_id"),
+            "cells_per_part": {part: len(info["cells"]) for part, info in genotype["parts"].items()},
+            **epochs,
+        }
+    return {"kind": "supernet", "backbone": (config.get("model") or {}).get("backbone"), **epochs}
+
+
 def network_from_checkpoint(checkpoint: dict[str, Any], source: str = "checkpoint") -> nn.Module:
     """Rebuild the network a checkpoint was trained with (derived or supernet) and load it;
     errors name ``source``."""

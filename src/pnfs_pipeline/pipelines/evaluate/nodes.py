@@ -17,7 +17,7 @@ from pnfs_pipeline.evaluation.coco_eval import rescore
 from pnfs_pipeline.evaluation.predict import predict_dataset
 from pnfs_pipeline.evaluation.report import score_coco, score_mpii
 from pnfs_pipeline.keypoints import check_same_keypoints, keypoint_spec_from_dict
-from pnfs_pipeline.nas.derived import network_from_checkpoint
+from pnfs_pipeline.nas.derived import describe_checkpoint_network, network_from_checkpoint
 from pnfs_pipeline.pipelines.tracking import log_metrics
 from pnfs_pipeline.viz.skeleton import plot_prediction_overlays
 
@@ -62,6 +62,7 @@ def predict_validation(
         "boxes": params.boxes,
         "source": params.checkpoint or "retrained_checkpoint",
         "num_parts": _num_parts(checkpoint),
+        "network": describe_checkpoint_network(checkpoint),
         **{key: value.tolist() for key, value in predictions.items()},
     }
 
@@ -98,6 +99,7 @@ def score_predictions(
         )
     metrics["boxes"] = predictions["boxes"]
     metrics["checkpoint"] = predictions.get("source", "retrained_checkpoint")
+    metrics["network"] = predictions.get("network")
     metrics["flip_test"] = params.flip_test
     metrics["flip_shift"] = params.flip_shift if params.flip_test else None
     logger.info("evaluation (%s boxes): %s", predictions["boxes"], metrics["overall"])
