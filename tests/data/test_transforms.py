@@ -132,15 +132,30 @@ def test_half_body_crop_covers_the_chosen_half():
     keypoints[:, 0] = np.linspace(100, 140, 17)
     keypoints[:, 1] = np.linspace(50, 250, 17)
     keypoints[:, 2] = 2
-    # rng(3) draws 0.086 (< 0.5: the upper body, joints 0-10), rng(0) 0.637 (the lower, 11-16).
-    # Upper: x 100..125, y 50..175; lower: x 127.5..140, y 187.5..250. The crop keeps the joints'
-    # height, widens to 3:4 and pads by 1.5.
-    center, size = half_body_crop(keypoints, spec.upper_body, spec.lower_body, 0.75, np.random.default_rng(3))
+    # rng(0)'s normal draw is 0.126 (< 0.5: the upper body, joints 0-10), rng(3)'s 2.04 (the
+    # lower, 11-16). Upper: x 100..125, y 50..175; lower: x 127.5..140, y 187.5..250. The crop
+    # keeps the joints' height, widens to 3:4 and pads by 1.5.
+    center, size = half_body_crop(keypoints, spec.upper_body, spec.lower_body, 0.75, np.random.default_rng(0))
     np.testing.assert_allclose(center, [112.5, 112.5])
     np.testing.assert_allclose(size, [125 * 0.75 * 1.5, 125 * 1.5])
-    center, size = half_body_crop(keypoints, spec.upper_body, spec.lower_body, 0.75, np.random.default_rng(0))
+    center, size = half_body_crop(keypoints, spec.upper_body, spec.lower_body, 0.75, np.random.default_rng(3))
     np.testing.assert_allclose(center, [133.75, 218.75])
     np.testing.assert_allclose(size, [62.5 * 0.75 * 1.5, 62.5 * 1.5])
+    # HRNet's odds: the upper body in P(N(0, 1) < 0.5) = 69% of draws
+    rng = np.random.default_rng(1)
+    uppers = sum(half_body_crop(keypoints, spec.upper_body, spec.lower_body, 0.75, rng)[0][1] < 150 for _ in range(4000))
+    assert abs(uppers / 4000 - 0.691) < 0.02
+    # two visible joints in each half: HRNet falls back to the upper pair, whatever the draw
+    two = keypoints.copy()
+    two[:, 2] = 0
+    two[[5, 6, 15, 16], 2] = 2
+    for seed in (0, 3):
+        center, _ = half_body_crop(two, spec.upper_body, spec.lower_body, 0.75, np.random.default_rng(seed))
+        np.testing.assert_allclose(center, two[[5, 6], :2].mean(axis=0))
+    # joints on one spot span nothing to crop
+    same = keypoints.copy()
+    same[:, :2] = 60.0
+    assert half_body_crop(same, spec.upper_body, spec.lower_body, 0.75, np.random.default_rng(0)) is None
 
 
 def test_augmentation_respects_its_bounds_and_is_seeded():

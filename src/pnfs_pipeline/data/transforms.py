@@ -83,20 +83,28 @@ def half_body_crop(
     lower_body: tuple[int, ...],
     aspect_ratio: float,
     rng: np.random.Generator,
-    min_joints_per_half: int = 3,
 ) -> tuple[np.ndarray, np.ndarray] | None:
-    """Crop around the visible upper or lower body only (HRNet's half-body augmentation)."""
+    """Crop around the visible upper or lower body only (HRNet's half-body augmentation).
+
+    As HRNet draws it: the upper body when a standard normal draw is below 0.5 (69%) and more
+    than two of its joints are visible, else the lower body if more than two of its joints are,
+    else the upper body; None when the chosen half has fewer than two visible joints or they
+    span no area (a crop of size 0 cannot be warped).
+    """
     visible = keypoints[:, 2] > 0
     upper = [i for i in upper_body if visible[i]]
     lower = [i for i in lower_body if visible[i]]
-    chosen = upper if (rng.random() < 0.5 and len(upper) >= min_joints_per_half) else lower
-    if len(chosen) < min_joints_per_half:
-        chosen = upper if len(upper) >= min_joints_per_half else []
+    if rng.normal() < 0.5 and len(upper) > 2:
+        chosen = upper
+    else:
+        chosen = lower if len(lower) > 2 else upper
     if len(chosen) < 2:
         return None
     points = keypoints[chosen, :2]
     center = points.mean(axis=0)
     width, height = points.max(axis=0) - points.min(axis=0)
+    if max(width, height) <= 0:
+        return None
     if width > aspect_ratio * height:
         height = width / aspect_ratio
     else:
