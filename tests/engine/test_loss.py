@@ -22,6 +22,15 @@ def test_plain_loss_is_half_the_weighted_mean_squared_error():
     assert joints_mse_loss(pred, batch, foreground_weight=0.0).item() == pytest.approx(expected.item(), rel=1e-6)
 
 
+def test_joint_weights_count_as_in_hrnet():
+    batch = _batch()
+    batch["target_weight"] = batch["target_weight"] * torch.tensor([[1.5, 1.0]])  # a wrist's weight
+    pred = torch.rand_like(batch["heatmaps"])
+    weight = batch["target_weight"][0, :, None, None]
+    hrnet = 0.5 * torch.nn.functional.mse_loss(pred[0] * weight, batch["heatmaps"][0] * weight, reduction="none").mean(dim=(1, 2)).mean()
+    assert joints_mse_loss(pred, batch).item() == pytest.approx(hrnet.item(), rel=1e-6)
+
+
 def test_foreground_weight_makes_an_error_at_the_keypoint_cost_more_than_one_in_the_background():
     batch = _batch()
     at_peak, in_background = batch["heatmaps"].clone(), batch["heatmaps"].clone()

@@ -10,6 +10,9 @@ def joints_mse_loss(
 ) -> torch.Tensor:
     """0.5 * target-weighted MSE per joint, averaged over joints and samples (HRNet / PNFS).
 
+    As HRNet's ``MSE(pred * w, target * w)``, a joint's squared error counts ``w ** 2`` times:
+    the same for visibility weights of 0 and 1, and 2.25 for a wrist of joint weight 1.5.
+
     With ``foreground_weight`` w > 0 each pixel's squared error counts ``1 + w * target`` times:
     the few pixels around a keypoint then weigh as much as the large background that otherwise
     dominates the mean (the weighted loss map of Wang et al., Adaptive Wing Loss, ICCV 2019,
@@ -22,7 +25,7 @@ def joints_mse_loss(
     squared = (pred.float() - target) ** 2
     if foreground_weight:
         squared = squared * (1.0 + foreground_weight * target)
-    per_joint = squared.mean(dim=(2, 3)) * weight
+    per_joint = squared.mean(dim=(2, 3)) * weight.square()
     if ohkm_topk:
         if ohkm_topk > per_joint.shape[1]:
             raise ValueError(f"ohkm_topk {ohkm_topk} exceeds the {per_joint.shape[1]} keypoints of the heatmaps")
