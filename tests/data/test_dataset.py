@@ -129,3 +129,11 @@ def test_image_normalisation_and_batch_field_types(train_index):
     assert types["flipped"] == (torch.bool, (2,))
     assert types["image_id"] == (torch.int64, (2,)) and types["index"] == (torch.int64, (2,))
     assert batch["index"].tolist() == [0, 1]
+
+
+def test_crops_prepared_for_another_input_shape_are_refused(train_index):
+    # prepared at 48x64 (3:4); a square network would see every person cut at head and feet
+    square = SampleParams(input_size=(64, 64), heatmap_size=(16, 16))
+    with pytest.raises(ValueError, match=r"coco-train: 4 of 4 crops were prepared for another input shape .* not this network's 64x64 .* run the prepare pipeline again"):
+        TopDownDataset(train_index, square)
+    TopDownDataset(train_index, SampleParams(input_size=(96, 128), heatmap_size=(24, 32)))  # same shape, other size

@@ -96,6 +96,25 @@ class TopDownDataset(Dataset):
         self._sigmas = keypoint_sigmas(self.spec, sample.sigma, sample.keypoint_sigmas)
         self._joint_weights = np.asarray(self.spec.joint_weights) if sample.use_joint_weights else None
         self._decoded: dict[str, np.ndarray] | None = {} if sample.cache_images and images is None else None
+        self._check_crop_shape(index.get("dataset", "sample index"))
+
+    def _check_crop_shape(self, name: str) -> None:
+        """The crops were sized at prepare time for that run's input shape; the warp scales by the
+        crop's width alone, so crops of another shape would cut people off (or add margin)."""
+        if not self.samples:
+            return
+        sizes = np.asarray([record["size"] for record in self.samples], dtype=np.float64)
+        ratios = sizes[:, 0] / sizes[:, 1]
+        wrong = np.flatnonzero(np.abs(ratios / self.sample.aspect_ratio - 1.0) > 1e-3)
+        if wrong.size:
+            first = self.samples[int(wrong[0])]
+            width, height = self.sample.input_size
+            raise ValueError(
+                f"{name}: {wrong.size} of {len(self.samples)} crops were prepared for another input shape "
+                f"(record {first.get('record_id')} of image {first.get('image')}: width / height "
+                f"{ratios[wrong[0]]:.4f}), not this network's {width}x{height} ({self.sample.aspect_ratio:.4f}): "
+                "run the prepare pipeline again with this sample.input_size"
+            )
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
