@@ -359,13 +359,17 @@ class Trainer:
         key = (id(dataset), shuffle, batch_size, stream)
         cached = self._loaders.get(key)
         if cached is None or cached[0] is not dataset:
+            drop_last = shuffle and len(dataset) > batch_size
             if shuffle:
+                # drop_last as the loader's: padding each worker's share to equal length would add
+                # a step of repeated samples where one process drops its short last batch.
                 sampler = DistributedSampler(
                     dataset,
                     num_replicas=self.context.world_size,
                     rank=self.context.rank,
                     shuffle=True,
                     seed=self.config.seed * 100_003 + stream,
+                    drop_last=drop_last,
                 )
             else:
                 sampler = SequentialSampler(dataset)
@@ -375,7 +379,7 @@ class Trainer:
                 shuffle=False,
                 seed=self.config.seed * 100_003 + stream,
                 num_workers=self.config.num_workers,
-                drop_last=shuffle and len(dataset) > batch_size,
+                drop_last=drop_last,
                 sampler=EpochTaggedSampler(sampler),
                 pin_memory=self.device.type == "cuda",
             )
