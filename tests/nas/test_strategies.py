@@ -144,6 +144,9 @@ def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path):
     resumed = _trainer(tmp_path, epochs=2, threads=1)
     resumed.fit(resume=True)
     assert [h["epoch"] for h in resumed.history] == [1, 2]
+    # fewer epochs than were trained would label a longer-trained model as an earlier epoch's
+    with pytest.raises(ValueError, match=r"it has trained 2 epochs, more than the 1 asked for"):
+        _trainer(tmp_path, epochs=1).fit(resume=True)
 
 
 def test_resumed_cosine_schedule_follows_the_new_number_of_epochs(tmp_path):
@@ -191,6 +194,23 @@ def test_non_finite_loss_stops_naming_epoch_and_step(tmp_path):
     with pytest.raises(NonFiniteLossError, match=r"epoch 1, step 1; no checkpoint of this run yet"):
         fresh.fit()
     assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 0
+
+
+def test_weights_broken_in_an_epochs_last_step_are_not_saved(tmp_path):
+    # an infinite gradient in the last step: the losses seen were finite, the weights are not
+    trainer = _trainer(tmp_path / "nan", epochs=2, strategy="sync")
+    train_epoch = trainer.train_epoch
+
+    def last_step_breaks_a_weight(epoch, progress):
+        metrics = train_epoch(epoch, progress)
+        with torch.no_grad():
+            next(trainer.model.parameters()).view(-1)[0] = float("inf")
+        return metrics
+
+    trainer.train_epoch = last_step_breaks_a_weight
+    with pytest.raises(NonFiniteLossError, match=r"non-finite weights after epoch 1 \(1 tensors, first .*\); no checkpoint of this run yet"):
+        trainer.fit()
+    assert not (tmp_path / "nan" / "last.pt").exists()
 
 
 @pytest.mark.parametrize("strategy", ["sync", "darts1"])

@@ -331,6 +331,12 @@ class Trainer:
                 f"cannot resume from {path}: it was trained with other settings ({shown}). "
                 "Restore them to continue that run, or move the file away to start afresh."
             )
+        done = int(state["epoch"]) + 1
+        if done > self.config.epochs:
+            raise ValueError(
+                f"cannot resume from {path}: it has trained {done} epochs, more than the {self.config.epochs} "
+                f"asked for; ask for at least {done}, or move the file away to start afresh"
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -388,6 +394,23 @@ class Trainer:
         loader.sampler.set_epoch(epoch)
         return loader
 
+    def _diverged(self, what: str) -> NonFiniteLossError:
+        # Only this run's state counts: an earlier run's file at the same path is not ours.
+        if self.checkpoint_path is not None and self.saved_epochs:
+            where = f"last good checkpoint: {self.checkpoint_path} (after epoch {self.saved_epochs})"
+        else:
+            where = "no checkpoint of this run yet"
+        return NonFiniteLossError(f"{what}; {where}")
+
+    def _check_finite_after(self, epoch: int, val_loss: float) -> None:
+        """An infinite gradient in an epoch's last step leaves NaN weights behind a finite loss:
+        such an epoch must not be saved as the last good one."""
+        broken = [name for name, parameter in self.model.named_parameters() if not torch.isfinite(parameter).all()]
+        if broken:
+            raise self._diverged(f"non-finite weights after epoch {epoch + 1} ({len(broken)} tensors, first {broken[0]})")
+        if not math.isfinite(val_loss):
+            raise self._diverged(f"non-finite validation loss ({val_loss}) after epoch {epoch + 1}")
+
     def train_epoch(self, epoch: int, progress: Progress) -> dict[str, float]:
         c = self.config
         self.model.train()
@@ -414,19 +437,14 @@ class Trainer:
                     arch_batch, batch, self.loss_fn, self.optimizer.param_groups[0]["lr"]
                 )
                 if arch_loss is not None:
+                    if not math.isfinite(arch_loss):
+                        raise self._diverged(f"non-finite architecture loss ({arch_loss}) at epoch {epoch + 1}, step {step + 1}")
                     total_arch += arch_loss
                     arch_steps += 1
             self.optimizer.zero_grad(set_to_none=True)
             loss = self._forward_loss(batch, training=True)
             if not torch.isfinite(loss):
-                # Only this run's state counts: an earlier run's file at the same path is not ours.
-                if self.checkpoint_path is not None and self.saved_epochs:
-                    where = f"last good checkpoint: {self.checkpoint_path} (after epoch {self.saved_epochs})"
-                else:
-                    where = "no checkpoint of this run yet"
-                raise NonFiniteLossError(
-                    f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step + 1}; {where}"
-                )
+                raise self._diverged(f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step + 1}")
             loss.backward()
             if self.strategy is not None:
                 self.strategy.hold_architecture_in_warmup()
@@ -522,6 +540,7 @@ class Trainer:
                         self.strategy.epoch = epoch
                     metrics = self.train_epoch(epoch, progress)
                     metrics["val_loss"] = self.validation_loss()
+                    self._check_finite_after(epoch, metrics["val_loss"])
                     metrics["epoch"] = epoch + 1
                     if self.strategy is not None:
                         metrics["architecture"] = architecture_softmax(self.model)
