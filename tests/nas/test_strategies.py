@@ -196,6 +196,16 @@ def test_non_finite_loss_stops_naming_epoch_and_step(tmp_path):
     assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 0
 
 
+@pytest.mark.parametrize("strategy", ["darts1", "gumbel"])
+def test_bf16_reaches_the_architecture_step(tmp_path, strategy):
+    trainer = _trainer(tmp_path, epochs=1, strategy=strategy, precision="bf16", max_steps_per_epoch=2)
+    dtypes = []
+    trainer.model.backbone.register_forward_hook(lambda module, args, output: dtypes.append(output[0].dtype))
+    trainer.fit()
+    # two weight steps, two architecture steps and the validation batches: all in bf16
+    assert len(dtypes) >= 5 and set(dtypes) == {torch.bfloat16}
+
+
 def test_weights_broken_in_an_epochs_last_step_are_not_saved(tmp_path):
     # an infinite gradient in the last step: the losses seen were finite, the weights are not
     trainer = _trainer(tmp_path / "nan", epochs=2, strategy="sync")

@@ -434,7 +434,7 @@ class Trainer:
             if arch_iter is not None:
                 arch_batch = _to_device(next(arch_iter), self.device, c.channels_last)
                 arch_loss = self.strategy.arch_step(
-                    arch_batch, batch, self.loss_fn, self.optimizer.param_groups[0]["lr"]
+                    arch_batch, batch, self.loss_fn, self.optimizer.param_groups[0]["lr"], self._autocast
                 )
                 if arch_loss is not None:
                     if not math.isfinite(arch_loss):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -194,8 +195,14 @@ class SearchStrategy:
         train_batch: dict[str, torch.Tensor],
         loss_fn: LossFn,
         weight_lr: float,
+        autocast: Callable[[], AbstractContextManager] = nullcontext,
     ) -> float | None:
-        """Update the architecture parameters (bilevel strategies); returns the arch loss."""
+        """Update the architecture parameters (bilevel strategies); returns the arch loss.
+
+        ``autocast``: the trainer's precision context for the forward pass. darts2 stays in
+        float32: its finite-difference Hessian term moves each weight by 0.01 / |v| of v, which
+        a bfloat16 copy of the weights would round away.
+        """
         if not self.config.bilevel or self.epoch < self.config.arch_warmup_epochs:
             return None
         assert self.arch_optimizer is not None
@@ -204,7 +211,9 @@ class SearchStrategy:
             loss = unrolled_arch_gradient(self.model, train_batch, arch_batch, loss_fn, weight_lr, sync=self.sync_gradients)
         else:
             weights = self.forward_weights(training=True)
-            loss = loss_fn(self.model(arch_batch["image"], weights), arch_batch)
+            with autocast():
+                output = self.model(arch_batch["image"], weights)
+            loss = loss_fn(output.float(), arch_batch)
             arch = self.model.arch_parameters()
             grads = torch.autograd.grad(loss, arch, allow_unused=True)
             for parameter, grad in zip(arch, grads, strict=True):
