@@ -67,12 +67,20 @@ def init_from_env(device_type: str, timeout_seconds: float = 120.0) -> Distribut
 
 
 def all_reduce_mean(tensors: list[torch.Tensor], context: DistributedContext) -> None:
-    """Average tensors in place over every rank (used for architecture gradients)."""
+    """Average tensors in place over every rank (architecture gradients; darts2's weight
+    gradients too). One all-reduce per dtype and device: darts2 hands over every weight gradient
+    of the supernet, hundreds of blocking collectives one by one."""
     if not context.enabled:
         return
+    groups: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
     for tensor in tensors:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        tensor.div_(context.world_size)
+        groups.setdefault((tensor.dtype, tensor.device), []).append(tensor)
+    for group in groups.values():
+        flat = torch.cat([tensor.reshape(-1) for tensor in group])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat.div_(context.world_size)
+        for tensor, average in zip(group, flat.split([tensor.numel() for tensor in group]), strict=True):
+            tensor.copy_(average.view(tensor.shape))
 
 
 def _free_port() -> int:
