@@ -50,8 +50,14 @@ def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def init_from_env(device_type: str, timeout_seconds: float = 120.0) -> DistributedContext:
-    """Join the process group described by torchrun's environment variables (if any)."""
+def init_from_env(device_type: str, timeout_seconds: float = 600.0) -> DistributedContext:
+    """Join the process group described by torchrun's environment variables (if any).
+
+    ``timeout_seconds`` bounds every collective: while rank 0 saves a checkpoint, logs to MLflow
+    and draws the epoch's figure, the other ranks wait in the next epoch's first collective, so
+    it must outlast that on a slow filesystem or tracking server. A worker that dies is caught
+    sooner by the launcher (local workers) or by torchrun's agent.
+    """
     world_size = env_world_size()
     if world_size <= 1:
         return DistributedContext()
