@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
-from rich.progress import track
 
 from pnfs_pipeline.data.records import (
     BadInputError,
@@ -22,6 +21,7 @@ from pnfs_pipeline.data.records import (
     all_finite,
     box_to_center_size,
 )
+from pnfs_pipeline.progress import track
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def _validate_images(
         raise BadInputError(f"{file}: 'images' must be a list")
     images: dict[int, dict[str, Any]] = {}
     seen_files: dict[str, int] = {}
-    checking = track(raw_images, description=f"checking the images of {Path(file).name}", transient=True)
+    checking = track(raw_images, f"checking the images of {Path(file).name}")
     for position, image in enumerate(checking):
         if not isinstance(image, dict) or not isinstance(image.get("id"), int):
             log.add(file, f"images[{position}]", "malformed image entry: needs an integer 'id'")

@@ -11,7 +11,6 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from rich.progress import track
 from scipy.io import loadmat
 
 from pnfs_pipeline.data.coco import image_is_readable, load_json
@@ -22,6 +21,7 @@ from pnfs_pipeline.data.records import (
     all_finite,
     box_to_center_size,
 )
+from pnfs_pipeline.progress import track
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def read_mpii_records(
     image_problems: dict[str, str | None] = {}
     image_ids: dict[str, int] = {}
     records: list[PersonRecord] = []
-    checking = track(entries, description=f"checking {Path(file).name}", transient=True)
+    checking = track(entries, f"checking {Path(file).name}")
     for position, entry in enumerate(checking):
         problem = _entry_problem(entry, num_keypoints)
         if problem is None:

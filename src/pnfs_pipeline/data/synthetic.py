@@ -45,7 +45,8 @@ import cv2
 import numpy as np
 import scipy.io
 from pycocotools import mask as mask_utils
-from rich.progress import track
+
+from pnfs_pipeline.progress import track
 
 logger = logging.getLogger(__name__)
 
@@ -1538,9 +1539,8 @@ def generate_synthetic_dataset(
         ):
             rendered = track(
                 render_all((config, split_index, i, params) for i in range(count)),
+                f"rendering {count} {split} images",
                 total=count,
-                description=f"rendering {count} {split} images",
-                transient=True,
             )
             summary["splits"][split], next_ann_id = _write_split(
                 paths, config, split, split_index, rendered, next_ann_id, detections, mpii

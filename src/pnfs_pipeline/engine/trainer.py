@@ -43,6 +43,7 @@ from pnfs_pipeline.keypoints import as_lists
 from pnfs_pipeline.nas.fast_depthwise import use_fast_depthwise
 from pnfs_pipeline.nas.fused_batch_norm import use_fused_batch_norm
 from pnfs_pipeline.nas.strategies import SearchStrategy
+from pnfs_pipeline.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -523,14 +524,13 @@ class Trainer:
                 self._restore(state, self.checkpoint_path)
             else:
                 logger.warning("resume asked for, but no checkpoint at %s: starting afresh", self.checkpoint_path)
-        progress = Progress(
+        progress = progress_bar(
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]:.6f}"),
             TextColumn("{task.fields[speed]:.1f} img/s"),
             TimeRemainingColumn(),
-            transient=True,
             disable=not self.context.is_main,
         )
         try:

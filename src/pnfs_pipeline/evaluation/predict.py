@@ -7,7 +7,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from rich.progress import Progress
 from torch import nn
 
 from pnfs_pipeline.data.dataset import TopDownDataset, make_data_loader
@@ -18,6 +17,7 @@ from pnfs_pipeline.evaluation.decode import (
     flip_back,
     heatmap_to_image,
 )
+from pnfs_pipeline.progress import progress_bar
 
 
 @torch.no_grad()
@@ -80,7 +80,7 @@ def predict_dataset(
     ]
     permutation = dataset.spec.flip_permutation() if flip_test else None
     outputs: dict[str, list[np.ndarray]] = {k: [] for k in ("keypoints", "scores", "areas", "image_ids", "indices")}
-    with Progress(transient=True) as progress:
+    with progress_bar() as progress:
         task = progress.add_task("predicting", total=len(loaders[0]))
         for batches in zip(*loaders, strict=True):
             total, coverage = None, None
@@ -103,7 +103,7 @@ def predict_dataset(
             )
             outputs["keypoints"].append(np.concatenate([image_coords, confidences[..., None]], axis=-1))
             outputs["scores"].append(batch["score"].numpy())
-            # The padded crop area normalises OKS in NMS, as in the reference code.
+            # The padded crop area normalises OKS in NMS, as in HRNet's code.
             outputs["areas"].append(box_sizes[:, 0] * box_sizes[:, 1])
             outputs["image_ids"].append(batch["image_id"].numpy())
             outputs["indices"].append(batch["index"].numpy())

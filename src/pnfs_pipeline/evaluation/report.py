@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from rich.progress import Progress
 
 from pnfs_pipeline.evaluation.coco_eval import coco_results, evaluate_coco
 from pnfs_pipeline.evaluation.pckh import pckh_table
 from pnfs_pipeline.keypoints import KeypointSpec
+from pnfs_pipeline.progress import progress_bar
 
 
 def score_coco(
@@ -35,7 +35,7 @@ def score_coco(
     )
     parts = spec.body_parts(num_parts) if num_parts and num_parts in spec.parts else {}
     # One COCOeval over all keypoints, then one per keypoint and per part (~10 s each on COCO val).
-    with Progress(transient=True) as progress:
+    with progress_bar() as progress:
         task = progress.add_task("COCO evaluation", total=1 + len(spec.keypoints) + len(parts))
 
         def evaluate(keypoints: list[int] | None) -> dict[str, float]:
