@@ -46,6 +46,8 @@ from pnfs_pipeline.config import ParameterError, check_parameters
         ({"retrain": {"trainer": {"max_steps_per_epoch": False}}}, r"'retrain.trainer.max_steps_per_epoch': .*a boolean where"),
         ({"sample": {"input_size": [192, True]}}, r"'sample.input_size': .*a boolean in \[192, true\] where tuple\[int, int\]"),
         ({"evaluate": {"crop_scales": [1.0, False]}}, r"'evaluate.crop_scales': .*a boolean in \[1.0, false\]"),
+        ({"sample": {"keypoint_sigmas": {"nose": True}}}, r"'sample.keypoint_sigmas': .*a boolean in \{'nose': true\} where dict\[str, float\] is expected \(a number"),
+        ({"evaluate": {"checkpoint": False}}, r"'evaluate.checkpoint': .*a boolean where str \| None is expected$"),
     ],
 )
 def test_bad_parameters_are_named(groups, message):

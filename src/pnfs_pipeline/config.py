@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import types
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 from pydantic import (
     BaseModel,
@@ -39,13 +39,23 @@ class StrictModel(BaseModel):
     def _no_boolean_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
         annotation = cls.model_fields[info.field_name].annotation
         if _boolean_where_none_belongs(annotation, value):
-            where = "a boolean" if isinstance(value, bool) else f"a boolean in {list(value)!r}"
+            shown = value if isinstance(value, bool) else value if isinstance(value, dict) else list(value)
+            where = "a boolean" if isinstance(value, bool) else f"a boolean in {shown!r}"
             where = where.replace("True", "true").replace("False", "false")
-            raise ValueError(f"{where} where {_describe(annotation)} is expected (a number is written without true/false)")
+            hint = " (a number is written without true/false)" if _takes_number(annotation) else ""
+            raise ValueError(f"{where} where {_describe(annotation)} is expected{hint}")
         return value
 
 
+def _plain(annotation: Any) -> Any:
+    """``Annotated[T, ...]`` (PositiveFloat and the like) as ``T``."""
+    while get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    return annotation
+
+
 def _takes_boolean(annotation: Any) -> bool:
+    annotation = _plain(annotation)
     if annotation is bool or annotation is Any:
         return True
     origin = get_origin(annotation)
@@ -56,7 +66,15 @@ def _takes_boolean(annotation: Any) -> bool:
     return False
 
 
+def _takes_number(annotation: Any) -> bool:
+    annotation = _plain(annotation)
+    if annotation in (int, float):
+        return True
+    return any(_takes_number(member) for member in get_args(annotation) if member is not Ellipsis)
+
+
 def _boolean_where_none_belongs(annotation: Any, value: Any) -> bool:
+    annotation = _plain(annotation)
     if isinstance(value, bool):
         return not _takes_boolean(annotation)
     origin = get_origin(annotation)
@@ -70,13 +88,26 @@ def _boolean_where_none_belongs(annotation: Any, value: Any) -> bool:
         if origin is tuple and len(items) > 1:
             return any(_boolean_where_none_belongs(item, element) for item, element in zip(items, value, strict=False))
         return any(_boolean_where_none_belongs(items[0], element) for element in value)
+    if origin is dict and isinstance(value, dict):
+        value_type = get_args(annotation)[1] if len(get_args(annotation)) == 2 else Any
+        return any(_boolean_where_none_belongs(value_type, element) for element in value.values())
     return False
 
 
 def _describe(annotation: Any) -> str:
-    if get_origin(annotation) is None:
+    """A type as a person writes it: ``dict[str, float] | None``."""
+    annotation = _plain(annotation)
+    origin = get_origin(annotation)
+    if annotation is type(None):
+        return "None"
+    if origin is None:
         return getattr(annotation, "__name__", str(annotation))
-    return str(annotation).replace("typing.", "")
+    if origin in (Union, types.UnionType):
+        return " | ".join(_describe(member) for member in get_args(annotation))
+    if origin is Literal:
+        return " | ".join(repr(choice) for choice in get_args(annotation))
+    inner = ", ".join("..." if item is Ellipsis else _describe(item) for item in get_args(annotation))
+    return f"{getattr(origin, '__name__', origin)}[{inner}]"
 
 
 ModelT = TypeVar("ModelT", bound=StrictModel)
