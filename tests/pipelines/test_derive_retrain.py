@@ -90,6 +90,13 @@ def test_a_frozen_backbone_stays_frozen_in_retraining(kedro_project):
     weights = [k for k in retrained["model"] if k.startswith("backbone.") and k.endswith(".weight")]
     assert weights and all(retrained["model"][k].equal(supernet[k]) for k in weights)
     assert retrained["config"]["frozen_backbone"] is True
+    # unfrozen checkpoints carry no such key, as those written before the setting existed, so
+    # those resume as before; freezing a resumed run is another setting
+    run_pipeline(kedro_project, "retrain", {**frozen, "model.frozen_backbone": False}, from_nodes=["retrain_network"])
+    assert "frozen_backbone" not in load_checkpoint("data/06_models/retrain_last.pt")["config"]
+    resume = {**frozen, "retrain.resume": True, "retrain.trainer.epochs": 2}
+    with pytest.raises(ValueError, match=r"other settings \(frozen_backbone: '\(absent\)' -> True\)"):
+        run_pipeline(kedro_project, "retrain", resume, from_nodes=["retrain_network"])
     # the optimizer trained every parameter but the backbone's
     from pnfs_pipeline.nas.derived import DerivedNetwork
 

@@ -89,7 +89,8 @@ def retrain_network(
             "sample": sample_params.model_dump(mode="json"),
             "keypoint_spec": train_samples["keypoint_spec"],
             "retrain": params.model_dump(mode="json"),
-            "frozen_backbone": model_params.frozen_backbone,
+            # Recorded only when set, so checkpoints from before the setting still resume.
+            **({"frozen_backbone": True} if model_params.frozen_backbone else {}),
         },
         resume=params.resume,
         initial_state=network.state_dict(),
