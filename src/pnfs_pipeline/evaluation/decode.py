@@ -122,7 +122,7 @@ def flip_back(heatmaps: torch.Tensor, flip_permutation: np.ndarray, shift: float
 
     Mirroring the input maps input x to ``W_in - 1 - x`` but mirroring the heatmap maps u to
     ``W_hm - 1 - u``; with u = x / stride the two differ by ``1 - 1 / stride`` heatmap pixels
-    (0.75 at stride 4), see :func:`exact_flip_shift`. The reference code shifts a whole pixel,
+    (0.75 at stride 4), see :func:`exact_flip_shift`. HRNet's code shifts a whole pixel,
     which leaves the flipped half 0.25 px to the right; a fractional ``shift`` in [0, 1]
     interpolates linearly between the unshifted and the one-pixel-shifted maps.
     """
