@@ -61,7 +61,10 @@ def soft_oks_nms(
     decay_sigma: float = 0.3,
     min_score: float = 1e-3,
 ) -> tuple[list[int], np.ndarray]:
-    """Soft OKS-NMS: overlapping poses have their scores decayed instead of removed."""
+    """Soft OKS-NMS: poses overlapping a kept one by more than ``threshold`` OKS have their scores
+    decayed by ``exp(-oks^2 / decay_sigma)`` instead of being removed, and keep the decayed
+    scores. Not HRNet's ``soft_oks_nms``, which decays every overlap only to reorder the poses
+    (keeping 20) and reports their original scores: AP with it does not compare with HRNet's."""
     oks = oks_matrix(keypoints, areas, sigmas)
     scores = scores.astype(np.float64).copy()
     remaining = list(range(len(scores)))
