@@ -1,5 +1,6 @@
 """Custom Kedro datasets."""
 
 from .checkpoint_dataset import CheckpointDataset
+from .text_datasets import AtomicJSONDataset, AtomicYAMLDataset
 
-__all__ = ["CheckpointDataset"]
+__all__ = ["AtomicJSONDataset", "AtomicYAMLDataset", "CheckpointDataset"]
