@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import matplotlib
@@ -17,12 +18,36 @@ from pnfs_pipeline.keypoints import KeypointSpec  # noqa: E402
 LEFT_COLOUR, RIGHT_COLOUR, CENTRE_COLOUR = "#1f77b4", "#d62728", "#2ca02c"
 
 
-def _side(name: str) -> str:
-    if name.startswith(("left", "l_")):
-        return LEFT_COLOUR
-    if name.startswith(("right", "r_")):
-        return RIGHT_COLOUR
-    return CENTRE_COLOUR
+def _named_side(name: str) -> str | None:
+    """'left' / 'right' as a keypoint's name says it: left_eye, l_hip, L_Eye, LShoulder, front_left_paw."""
+    lower = name.lower()
+    for side in ("left", "right"):
+        if side in lower:
+            return side
+    for side in ("left", "right"):
+        if re.match(rf"[{side[0]}{side[0].upper()}](?:[_\-\s.]|(?=[A-Z]))", name):
+            return side
+    return None
+
+
+def keypoint_colours(spec: KeypointSpec) -> tuple[list[str], str]:
+    """A colour per keypoint, from the spec's flip pairs (a keypoint in none is central), and the
+    legend that says what the two colours mean.
+
+    Where the names of a flip pair do not tell its left from its right, the pair's order colours
+    it, and the legend says so instead of claiming left and right.
+    """
+    colours = [CENTRE_COLOUR] * spec.num_keypoints
+    by_name = True
+    for a, b in spec.flip_pairs:
+        sides = (_named_side(spec.keypoints[a]), _named_side(spec.keypoints[b]))
+        if sides == ("right", "left"):
+            a, b = b, a
+        elif sides != ("left", "right"):
+            by_name = False
+        colours[a], colours[b] = LEFT_COLOUR, RIGHT_COLOUR
+    legend = "blue = left, red = right" if by_name else "blue / red = first / second keypoint of each flip pair"
+    return colours, legend
 
 
 def draw_skeleton(
@@ -38,14 +63,15 @@ def draw_skeleton(
     Left limbs are blue, right limbs red, so a person can spot a left/right swap at a glance.
     """
     shown = keypoints[:, 2] > min_visibility
+    colours, _ = keypoint_colours(spec)
     for a, b in spec.skeleton:
         if shown[a] and shown[b]:
-            colour = _side(spec.keypoints[a]) if _side(spec.keypoints[a]) == _side(spec.keypoints[b]) else CENTRE_COLOUR
+            colour = colours[a] if colours[a] == colours[b] else CENTRE_COLOUR
             ax.plot(
                 keypoints[[a, b], 0], keypoints[[a, b], 1], color=colour, lw=1.5, ls=linestyle, alpha=alpha
             )
     for k in np.flatnonzero(shown):
-        ax.scatter(keypoints[k, 0], keypoints[k, 1], s=9, color=_side(spec.keypoints[k]), alpha=alpha, zorder=3)
+        ax.scatter(keypoints[k, 0], keypoints[k, 1], s=9, color=colours[k], alpha=alpha, zorder=3)
 
 
 def plot_augmented_samples(
@@ -83,9 +109,7 @@ def plot_augmented_samples(
             ax.set_ylim(image.shape[0] - 0.5, -0.5)
             ax.set_xticks([])
             ax.set_yticks([])
-    fig.suptitle(
-        f"Augmented {spec.name} training samples (blue = left, red = right)", fontsize=9
-    )
+    fig.suptitle(f"Augmented {spec.name} training samples ({keypoint_colours(spec)[1]})", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -115,7 +139,8 @@ def plot_prediction_overlays(
         ax.set_ylim(images[i].shape[0] - 0.5, -0.5)
         if titles:
             ax.set_title(titles[i], fontsize=7)
-    fig.suptitle("Predictions (solid) and ground truth (dashed); blue = left, red = right", fontsize=9)
+    drawn = "Predictions (solid) and ground truth (dashed)" if any(t is not None for t in truths) else "Predictions"
+    fig.suptitle(f"{drawn}; {keypoint_colours(spec)[1]}", fontsize=9)
     fig.tight_layout()
     return fig
 
