@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 SLOT_NAMES = ("parallel", "above (finer)", "below (coarser)")
 
@@ -46,8 +47,9 @@ def plot_architecture_history(
             weights = np.array([_mean_op_weights(h["architecture"][part]["alpha"]) for h in history if h.get("architecture")])
             for op_index, op in enumerate(operators):
                 top.plot(epochs, weights[:, op_index], marker="o", ms=3, label=op)
-        top.set_title(f"{part}: op weights (softmax alpha)", fontsize=8)
+        top.set_title(f"{part}: op weights (softmax alpha, mean of edges)", fontsize=8)
         top.set_xlabel("epoch", fontsize=8)
+        top.xaxis.set_major_locator(MaxNLocator(integer=True))
         top.set_ylim(0, 1)
         top.legend(fontsize=6)
         info = architecture["parts"][part]

@@ -116,8 +116,9 @@ def plot_validation_overlays(
     spec = keypoint_spec_from_dict(samples["keypoint_spec"], source="val_samples")
     keypoints = np.asarray(predictions["keypoints"])
     indices = np.asarray(predictions["indices"], dtype=int)
-    # The score COCO ranks the person by (the results file's): box score x the mean confidence
-    # of its keypoints above vis_threshold.
+    # The rescored confidence COCO ranks people by: box score x the mean confidence of the
+    # keypoints above vis_threshold (the results file's with nms: oks or none; soft NMS lowers
+    # overlapping people's further, and NMS may have dropped a person drawn here).
     scores = rescore(keypoints, np.asarray(predictions["scores"]), params.vis_threshold)
     rng = np.random.default_rng(params.seed)
     chosen = sorted(rng.choice(len(indices), size=min(params.num_overlays, len(indices)), replace=False).tolist())

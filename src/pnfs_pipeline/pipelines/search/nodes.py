@@ -97,7 +97,8 @@ def _search_epoch_logger(strategy: str):
 
         # Launched workers report after training, without a model: the final figure suffices.
         if mlflow.active_run() is not None and model is not None:
-            figure = plot_architecture_history(seen, model.architecture_summary(strategy))
+            summary = {**model.architecture_summary(strategy), "network": model.network_description()}
+            figure = plot_architecture_history(seen, summary)
             log_figure(figure, f"architecture/epoch_{epoch + 1:03d}.png")
 
     return on_epoch_end
