@@ -268,3 +268,31 @@ def test_kernel_is_built_once_into_the_cache(monkeypatch, tmp_path):
     assert native_kernels.load_kernels() is not None
     assert built[0].stat().st_mtime_ns == stamp
     assert not [p for p in tmp_path.iterdir() if p != built[0]]  # no temporary files left
+    assert built[0].stat().st_mode & 0o777 == 0o755  # a cache shared by users can load it
+
+
+@needs_kernel
+def test_a_compiler_command_with_arguments_builds(monkeypatch, tmp_path):
+    monkeypatch.setattr(native_kernels, "_state", {"loaded": False, "library": None, "error": None})
+    monkeypatch.setenv("PNFS_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", "env cc")  # as CC="ccache gcc" would be written
+    assert native_kernels.load_kernels() is not None, native_kernels.unavailable_reason()
+
+
+@needs_kernel
+def test_a_build_that_times_out_falls_back_saying_so(monkeypatch, tmp_path):
+    import subprocess
+
+    monkeypatch.setattr(native_kernels, "_state", {"loaded": False, "library": None, "error": None})
+    monkeypatch.setenv("PNFS_KERNEL_CACHE", str(tmp_path))
+    real_run = subprocess.run
+
+    def hanging_build(command, *args, **kwargs):
+        if "--version" in command:
+            return real_run(command, *args, **kwargs)
+        raise subprocess.TimeoutExpired(command, 300)
+
+    monkeypatch.setattr(native_kernels.subprocess, "run", hanging_build)
+    assert native_kernels.load_kernels() is None
+    assert "timed out" in native_kernels.unavailable_reason()
+    assert not list(tmp_path.iterdir())  # no temporary file left

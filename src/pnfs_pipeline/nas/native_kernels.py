@@ -21,6 +21,7 @@ import hashlib
 import logging
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -51,12 +52,14 @@ def kernel_cache_dir() -> Path:
     return base / "pnfs_pipeline" / "kernels"
 
 
-def _compiler() -> str | None:
+def _compiler() -> list[str] | None:
+    """The compiler's command: ``$CC`` split as a shell would (``ccache gcc``), else the first
+    of cc, gcc and clang found."""
     if os.environ.get("CC"):
-        return os.environ["CC"]
+        return shlex.split(os.environ["CC"])
     for name in ("cc", "gcc", "clang"):
         if shutil.which(name):
-            return name
+            return [name]
     return None
 
 
@@ -78,13 +81,14 @@ def _sources() -> list[Path]:
     return sorted(SOURCE_DIR.glob("*.c"))
 
 
-def _build(compiler: str) -> Path:
+def _build(compiler: list[str]) -> Path:
     sources = _sources()
     source = b"".join(p.name.encode() + p.read_bytes() for p in sorted(SOURCE_DIR.iterdir()) if p.suffix in (".c", ".h"))
+    shown = shlex.join(compiler)
     try:
-        version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
+        version = subprocess.run([*compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
     except (OSError, subprocess.SubprocessError) as error:
-        raise RuntimeError(f"C compiler {compiler!r} did not run: {error}") from error
+        raise RuntimeError(f"C compiler {shown!r} did not run: {error}") from error
     key = hashlib.sha256(source + " ".join(FLAGS).encode() + version.encode() + _machine_key().encode())
     cache = kernel_cache_dir()
     target = cache / f"pnfs_kernels-{key.hexdigest()[:16]}.so"
@@ -95,11 +99,16 @@ def _build(compiler: str) -> Path:
     handle, temporary = tempfile.mkstemp(suffix=".so", dir=cache)
     os.close(handle)
     try:
-        result = subprocess.run(
-            [compiler, *FLAGS, *map(str, sources), "-o", temporary, "-lm"], capture_output=True, text=True, timeout=300
-        )
+        try:
+            result = subprocess.run(
+                [*compiler, *FLAGS, *map(str, sources), "-o", temporary, "-lm"], capture_output=True, text=True, timeout=300
+            )
+        except (OSError, subprocess.SubprocessError) as error:  # a timeout included
+            raise RuntimeError(f"{shown} did not build {SOURCE_DIR}: {error}") from error
         if result.returncode != 0:
-            raise RuntimeError(f"{compiler} failed on {SOURCE_DIR}: {result.stderr.strip()[-2000:]}")
+            raise RuntimeError(f"{shown} failed on {SOURCE_DIR}: {result.stderr.strip()[-2000:]}")
+        # mkstemp made it private (0600); a cache shared by users (PNFS_KERNEL_CACHE) needs it readable.
+        os.chmod(temporary, 0o755)
         os.replace(temporary, target)
     finally:
         if os.path.exists(temporary):
