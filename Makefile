@@ -14,8 +14,10 @@ PRELOAD = preload="$$($(BIN)/python -m pnfs_pipeline.engine.allocator --ld-prelo
 
 .PHONY: setup run test lint viz benchmark allocator clean
 
+# A .venv that cannot run pip (a venv made without Debian's python3-venv, by a Python older than
+# 3.10, or moved from another folder) is made anew.
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -c 'import sys, pip; assert sys.version_info >= (3, 10)' 2>/dev/null || $(PYTHON) -m venv --clear $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
@@ -30,7 +32,8 @@ benchmark: $(STAMP)
 
 allocator:
 	@command -v apt-get >/dev/null || { echo "no apt-get here: install gperftools' tcmalloc or jemalloc with the system's package manager"; exit 1; }
-	apt-get install -y libtcmalloc-minimal4 || { apt-get update && apt-get install -y libtcmalloc-minimal4; }
+	sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	$$sudo apt-get install -y libtcmalloc-minimal4 || { $$sudo apt-get update && $$sudo apt-get install -y libtcmalloc-minimal4; }
 
 test: $(STAMP)
 	$(BIN)/ruff check .
