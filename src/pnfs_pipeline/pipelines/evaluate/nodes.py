@@ -63,6 +63,8 @@ def predict_validation(
         "source": params.checkpoint or "retrained_checkpoint",
         "num_parts": _num_parts(checkpoint),
         "network": describe_checkpoint_network(checkpoint),
+        "flip_test": params.flip_test,
+        "flip_shift": params.flip_shift if params.flip_test else None,
         **{key: value.tolist() for key, value in predictions.items()},
     }
 
@@ -100,8 +102,9 @@ def score_predictions(
     metrics["boxes"] = predictions["boxes"]
     metrics["checkpoint"] = predictions.get("source", "retrained_checkpoint")
     metrics["network"] = predictions.get("network")
-    metrics["flip_test"] = params.flip_test
-    metrics["flip_shift"] = params.flip_shift if params.flip_test else None
+    # How the predictions were made, from them: score_predictions may run alone with other parameters.
+    metrics["flip_test"] = predictions.get("flip_test")
+    metrics["flip_shift"] = predictions.get("flip_shift")
     logger.info("evaluation (%s boxes): %s", predictions["boxes"], metrics["overall"])
     log_metrics(metrics["overall"], prefix="eval_")
     return metrics, results
