@@ -447,6 +447,9 @@ class RetrainParams(StrictModel):
     _checkpoint_is_a_file = field_validator("checkpoint_path")(_checkpoint_file)
 
 
+FlipShift = Literal["exact", "reference", "none"]  # see evaluation.predict.flip_shift_pixels
+
+
 def _odd_kernel(value: int) -> int:
     if value % 2 == 0:
         raise ValueError(f"must be odd (a centred smoothing window), got {value}")
@@ -469,7 +472,7 @@ class EvaluateParams(StrictModel):
     flip_test: bool = True
     decode: Literal["argmax", "dark"] = "dark"
     dark_kernel: int = Field(3, ge=1)  # odd smoothing window of decode=dark (1: none)
-    flip_shift: Literal["exact", "reference", "none"] = "exact"  # evaluation.predict.flip_shift_pixels
+    flip_shift: FlipShift = "exact"
     batch_size: int = Field(32, ge=1)
     vis_threshold: float = Field(0.2, ge=0.0, le=1.0)
     nms: Literal["oks", "soft", "none"] = "oks"
@@ -489,7 +492,7 @@ class PredictParams(StrictModel):
     flip_test: bool = True
     decode: Literal["argmax", "dark"] = "dark"
     dark_kernel: int = Field(3, ge=1)
-    flip_shift: Literal["exact", "reference", "none"] = "exact"
+    flip_shift: FlipShift = "exact"
     batch_size: int = Field(16, ge=1)
     vis_threshold: float = Field(0.2, ge=0.0, le=1.0)
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -211,7 +211,6 @@ def build_sample_indexes(
     limited = len(val) < len(validated.records["val"])
     if limited:
         detections = [s for s in detections if s["image_id"] in val_images]
-    if limited:
         logger.info(
             "data.max_val_samples=%d: %d validation people of %d whole images (evaluation scores those images only)",
             data.max_val_samples, len(val), len(val_images),

@@ -46,6 +46,7 @@ import numpy as np
 import scipy.io
 from pycocotools import mask as mask_utils
 
+from pnfs_pipeline.files import atomic_write
 from pnfs_pipeline.progress import track
 
 logger = logging.getLogger(__name__)
@@ -1301,12 +1302,8 @@ def image_file_name(image_id: int) -> str:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    """Write via a temporary file and rename, so a crash never leaves half a JSON file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, separators=(",", ":"))
-    os.replace(tmp, path)
+    """Written whole or not at all: a crash never leaves half a JSON file."""
+    atomic_write(path, lambda stream: stream.write(json.dumps(obj, separators=(",", ":")).encode("utf-8")))
 
 
 def _write_gt_valid(path: Path, entries: list[dict[str, Any]]) -> None:
@@ -1319,10 +1316,7 @@ def _write_gt_valid(path: Path, entries: list[dict[str, Any]]) -> None:
         pos[:, :, i] = np.asarray(entry["joints"], dtype=np.float64)
         missing[:, i] = 1 - np.asarray(entry["joints_vis"], dtype=np.float64)
         heads[:, :, i] = np.asarray(entry["headbox"], dtype=np.float64)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        scipy.io.savemat(fh, {"pos_gt_src": pos, "jnt_missing": missing, "headboxes_src": heads})
-    os.replace(tmp, path)
+    atomic_write(path, lambda stream: scipy.io.savemat(stream, {"pos_gt_src": pos, "jnt_missing": missing, "headboxes_src": heads}))
 
 
 def _read_manifest(root: Path) -> dict[str, Any] | None:

@@ -32,16 +32,14 @@ def predict_heatmaps(
     return heatmaps
 
 
-FLIP_SHIFTS = ("exact", "reference", "none")
-
-
 def flip_shift_pixels(flip_shift: str, input_width: int, heatmap_width: int) -> float:
     """Heatmap pixels the flipped half of a flip test moves right: ``exact``, its true sub-pixel
     offset (0.75 at stride 4); ``reference``, HRNet's whole pixel; ``none``, the original PNFS
     code's plain mirror (its half then sits 1 - 1/stride px left, half that in the average)."""
-    if flip_shift not in FLIP_SHIFTS:
-        raise ValueError(f"flip_shift must be one of {list(FLIP_SHIFTS)}, got {flip_shift!r}")
-    return {"exact": exact_flip_shift(input_width, heatmap_width), "reference": 1.0, "none": 0.0}[flip_shift]
+    shifts = {"exact": exact_flip_shift(input_width, heatmap_width), "reference": 1.0, "none": 0.0}
+    if flip_shift not in shifts:
+        raise ValueError(f"flip_shift must be one of {list(shifts)}, got {flip_shift!r}")
+    return shifts[flip_shift]
 
 
 @torch.no_grad()

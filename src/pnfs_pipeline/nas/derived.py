@@ -201,7 +201,7 @@ class DerivedPart(nn.Module):
 class DerivedNetwork(nn.Module):
     """Backbone + one derived fabric per part; returns (N, K, H/4, W/4) heatmaps.
 
-    ``frozen_backbone``: the backbone's weights get no gradients (``model.frozen_backbone``).
+    ``frozen_backbone``: the backbone built here gets no gradients (``model.frozen_backbone``).
     """
 
     def __init__(
@@ -212,7 +212,7 @@ class DerivedNetwork(nn.Module):
         network = genotype["network"]
         self.genotype = genotype
         self.backbone = backbone if backbone is not None else build_backbone(
-            network["backbone"], **network.get("backbone_kwargs", {})
+            network["backbone"], frozen=frozen_backbone, **network.get("backbone_kwargs", {})
         )
         searched = network.get("backbone_architecture")
         if searched is not None and hasattr(self.backbone, "alphas"):
@@ -228,8 +228,6 @@ class DerivedNetwork(nn.Module):
                         )
                     parameter.copy_(values)
                     parameter.requires_grad_(False)
-        if frozen_backbone:
-            self.backbone.requires_grad_(False)
         self.part_names = list(genotype["parts"])
         self.parts = nn.ModuleList(DerivedPart(genotype, p, self.backbone.channels) for p in self.part_names)
         self.num_keypoints = network["num_keypoints"]

@@ -24,12 +24,16 @@ from pnfs_pipeline.viz.skeleton import plot_people_overlay
 logger = logging.getLogger(__name__)
 
 
+def _stem(name: str) -> str:
+    """The image's path under the folder without its extension."""
+    return str(PurePosixPath(name).with_suffix(""))
+
+
 def _overlay_name(name: str, stems: list[str]) -> str:
-    """The image's path without its extension, or with it where two images share that (a.jpg,
-    a.png); an image in a subfolder keeps its subfolder."""
-    path = PurePosixPath(name)
-    stem = str(path.with_suffix(""))
-    return stem if stems.count(stem) == 1 else f"{stem}_{path.suffix.lstrip('.')}"
+    """The image's stem, or stem and extension where two images share a stem (a.jpg, a.png); an
+    image in a subfolder keeps its subfolder."""
+    stem = _stem(name)
+    return stem if stems.count(stem) == 1 else f"{stem}_{PurePosixPath(name).suffix.lstrip('.')}"
 
 
 def _visible(name: str) -> bool:
@@ -80,7 +84,7 @@ def predict_images(
             }
         )
         per_image.setdefault(record["image"], []).append(predictions["keypoints"][i])
-    stems = [str(PurePosixPath(name).with_suffix("")) for name in loaded]
+    stems = [_stem(name) for name in loaded]
     overlays = {
         _overlay_name(name, stems): plot_people_overlay(loaded[name], people, spec, name, params.vis_threshold)
         for name, people in per_image.items()
