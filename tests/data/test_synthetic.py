@@ -207,6 +207,11 @@ def test_real_mpii_files_do_not_stop_a_coco_only_generation(tmp_path: Path) -> N
     mine.write_text("[]", encoding="utf-8")
     generate_synthetic_dataset(tmp_path, config)
     assert synthetic_dataset_exists(tmp_path, config) and mine.read_text(encoding="utf-8") == "[]"
+    # ... nor are they overwritten later by a generation with MPII files: that run's manifest
+    # says it wrote none, so they are still someone else's
+    with pytest.raises(FileExistsError, match="mpii/annot/valid.json"):
+        generate_synthetic_dataset(tmp_path, SyntheticConfig(num_train_images=1, num_val_images=1, mpii=True))
+    assert mine.read_text(encoding="utf-8") == "[]"
 
 
 def test_mpii_variant(forced_root: Path) -> None:

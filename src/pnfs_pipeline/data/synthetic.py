@@ -1478,6 +1478,13 @@ def _write_split(
     return counts, next_ann_id
 
 
+def _written_by(mpii: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The files and image folders (keys of :func:`synthetic_paths`) a generation writes."""
+    files = ("train_annotations", "val_annotations", "detections") + (("mpii_train", "mpii_valid", "mpii_gt_valid") if mpii else ())
+    folders = ("train_images", "val_images") + (("mpii_images",) if mpii else ())
+    return files, folders
+
+
 def generate_synthetic_dataset(
     root: Path | str,
     config: SyntheticConfig,
@@ -1497,16 +1504,19 @@ def generate_synthetic_dataset(
     start = time.perf_counter()
     root = Path(root)
     paths = synthetic_paths(root)
-    files = ("train_annotations", "val_annotations", "detections") + (("mpii_train", "mpii_valid", "mpii_gt_valid") if config.mpii else ())
-    folders = ("train_images", "val_images") + (("mpii_images",) if config.mpii else ())
-    foreign = [paths[k] for k in files if paths[k].exists()]
-    foreign += [paths[k] for k in folders if paths[k].is_dir() and any(paths[k].iterdir())]
-    if (
-        foreign
-        and _read_manifest(root) is None
-        and not (root / IN_PROGRESS_MARKER).exists()
-        and not overwrite_foreign
-    ):
+    files, folders = _written_by(config.mpii)
+    # What an earlier generation here wrote (its manifest says whether it wrote the MPII files)
+    # may be replaced; anything else at a path this one writes is someone's data.
+    manifest = _read_manifest(root)
+    if manifest is not None:
+        ours = set(sum(_written_by(bool(manifest.get("config", {}).get("mpii", True))), ()))
+    elif (root / IN_PROGRESS_MARKER).exists():
+        ours = set(files + folders)  # an interrupted generation of ours
+    else:
+        ours = set()
+    foreign = [paths[k] for k in files if k not in ours and paths[k].exists()]
+    foreign += [paths[k] for k in folders if k not in ours and paths[k].is_dir() and any(paths[k].iterdir())]
+    if foreign and not overwrite_foreign:
         raise FileExistsError(
             f"{root} already holds data that was not generated here ({', '.join(str(f) for f in foreign[:3])}"
             f"{' ...' if len(foreign) > 3 else ''}); refusing to overwrite it: point data.root at another folder"
