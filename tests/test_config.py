@@ -41,6 +41,7 @@ from pnfs_pipeline.config import ParameterError, check_parameters
         ({"retrain": {"init": "scratch"}, "model": {"pretrained_backbone": "gone.pth"}}, r"'model.pretrained_backbone': no file gone.pth"),
         ({"predict": {"boxes_file": "nowhere/boxes.json"}}, r"'predict.boxes_file': no file nowhere/boxes.json"),
         ({"data": {}, "augmentation": {"half_body_min_joints": 17}}, r"'augmentation.half_body_min_joints': 17 is not below the 17 keypoints"),
+        ({"data": {"source": "synthetic_mpii", "keypoint_spec": "mpii"}, "synthetic": {"mpii": False}}, r"'synthetic.mpii': false, but data.source is synthetic_mpii"),
         # YAML booleans, which pydantic would read as 1 / 0
         ({"search": {"trainer": {"epochs": True}}}, r"'search.trainer.epochs': .*a boolean where int is expected"),
         ({"retrain": {"trainer": {"max_steps_per_epoch": False}}}, r"'retrain.trainer.max_steps_per_epoch': .*a boolean where"),

@@ -544,6 +544,12 @@ def check_parameters(groups: dict[str, Any]) -> dict[str, StrictModel]:
             problems += [line.strip() for line in str(error).splitlines()[1:]]
     if "data" in parsed:
         problems += _spec_problems(parsed)
+    synthetic = parsed.get("synthetic")
+    if "data" in parsed and parsed["data"].source == "synthetic_mpii" and synthetic is not None and not synthetic.mpii:
+        problems.append(
+            "parameter 'synthetic.mpii': false, but data.source is synthetic_mpii, which reads the MPII "
+            "files only synthetic.mpii writes (stale or missing ones would be read instead)"
+        )
     # The pretrained backbone is read by the search, and by a retraining from scratch only.
     retrain = parsed.get("retrain")
     loads_backbone = "search" in parsed or (retrain is not None and retrain.init == "scratch")
