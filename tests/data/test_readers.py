@@ -171,6 +171,10 @@ def test_missing_and_corrupt_images_are_bad_records(coco_root):
     assert reasons.count("corrupt image (cannot be decoded)") == 1
     assert sum("unknown or rejected image" in b.reason for b in validated.log.records) == 2
     assert len(validated.records["train"]) == 2
+    # the report counts by kind, not by each rejected image's id
+    assert validated.log.report()["by_reason"] == {
+        "corrupt image (cannot be decoded)": 1, "missing image file": 1, "refers to unknown or rejected image": 2
+    }
 
 
 def test_truncated_images_and_wrong_sizes_are_bad_records(coco_root):
@@ -182,7 +186,7 @@ def test_truncated_images_and_wrong_sizes_are_bad_records(coco_root):
     validated = _validate(coco_root)
     reasons = {b.record_id: b.reason for b in validated.log.records}
     assert reasons["image 3"].startswith("corrupt image (cannot be decoded)")
-    assert reasons["image 4"].startswith("image is 128x128 pixels, the annotation file says 100x128")
+    assert reasons["image 4"].startswith("image size differs from the annotation file: 128x128 pixels, the file says 100x128")
     assert sorted(r["image_id"] for r in validated.records["train"]) == [1, 2]
 
 

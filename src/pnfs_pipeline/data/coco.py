@@ -66,7 +66,7 @@ def image_is_readable(path: Path, mode: str, expected_size: tuple[int, int] | No
         return f"corrupt image (cannot be decoded): {error}"
     if expected_size is not None and tuple(size) != tuple(expected_size):
         return (
-            f"image is {size[0]}x{size[1]} pixels, the annotation file says "
+            f"image size differs from the annotation file: {size[0]}x{size[1]} pixels, the file says "
             f"{expected_size[0]}x{expected_size[1]}"
         )
     return None
@@ -120,7 +120,7 @@ def _validate_images(
             continue
         width, height = image.get("width"), image.get("height")
         if not all_finite([width, height]) or width <= 0 or height <= 0:
-            log.add(file, f"image {image_id}", f"bad image size {width}x{height}")
+            log.add(file, f"image {image_id}", f"bad image size: {width}x{height}")
             continue
         problem = image_is_readable(image_dir / name, check_images, (width, height))
         if problem:
@@ -138,7 +138,7 @@ def _annotation_problem(
     if not isinstance(image_id, int) or isinstance(image_id, bool):
         return f"malformed record: 'image_id' must be an integer, got {image_id!r}"
     if image_id not in images:
-        return f"refers to unknown or rejected image {image_id}"
+        return f"refers to unknown or rejected image: {image_id}"
     keypoints = annotation.get("keypoints")
     if not isinstance(keypoints, list):
         return "malformed record: 'keypoints' is not a list"
@@ -155,12 +155,12 @@ def _annotation_problem(
     if not isinstance(bbox, list) or len(bbox) != 4 or not all_finite(bbox):
         return "malformed or NaN bbox"
     if bbox[2] <= 0 or bbox[3] <= 0:
-        return f"zero or negative box size {bbox[2]}x{bbox[3]}"
+        return f"zero or negative box size: {bbox[2]}x{bbox[3]}"
     area = annotation.get("area", 0.0)
     if not all_finite([area]):
         return "NaN or non-numeric area"
     if area < 0:
-        return f"negative area {area}"
+        return f"negative area: {area}"
     if annotation.get("iscrowd", 0) not in (0, 1):
         return "iscrowd must be 0 or 1"
     return None

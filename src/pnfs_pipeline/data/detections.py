@@ -46,14 +46,14 @@ def read_detection_records(
         image_id = detection.get("image_id")
         image = split.images.get(image_id) if isinstance(image_id, int) and not isinstance(image_id, bool) else None
         if image is None:
-            log.add(file, position, f"refers to unknown or rejected image {detection.get('image_id')}")
+            log.add(file, position, f"refers to unknown or rejected image: {detection.get('image_id')}")
             continue
         bbox, score = detection.get("bbox"), detection.get("score")
         if not isinstance(bbox, list) or len(bbox) != 4 or not all_finite(bbox + [score]):
             log.add(file, position, "malformed or NaN bbox/score")
             continue
         if bbox[2] <= 0 or bbox[3] <= 0:
-            log.add(file, position, f"zero or negative box size {bbox[2]}x{bbox[3]}")
+            log.add(file, position, f"zero or negative box size: {bbox[2]}x{bbox[3]}")
             continue
         if score < score_threshold:
             kept_below += 1

@@ -143,7 +143,7 @@ def _entry_problem(entry: object, num_keypoints: int) -> str | None:
     if not isinstance(center, list) or len(center) != 2 or not all_finite(center):
         return "malformed or NaN center"
     if not all_finite([scale]) or scale <= 0:
-        return f"zero, negative or NaN scale {scale}"
+        return f"zero, negative or NaN scale: {scale}"
     if not isinstance(joints, list) or len(joints) != num_keypoints:
         count = len(joints) if isinstance(joints, list) else "no"
         return f"wrong keypoint count: {count} joints, expected {num_keypoints}"

@@ -68,7 +68,7 @@ class BadRecordLog:
     def report(self) -> dict[str, Any]:
         reasons: dict[str, int] = {}
         for bad in self.records:
-            key = bad.reason.split(":")[0]
+            key = bad.reason.split(":")[0]  # every reason reads 'kind: detail'
             reasons[key] = reasons.get(key, 0) + 1
         return {
             "num_bad_records": len(self.records),
