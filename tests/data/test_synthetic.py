@@ -153,7 +153,7 @@ def test_detections_results_format(forced_root: Path) -> None:
 
 def test_generation_is_deterministic_in_one_or_several_processes(tmp_path: Path, plain_root: Path) -> None:
     generate_synthetic_dataset(tmp_path / "again", PLAIN, workers=2)  # plain_root: one process
-    for key in ("train_annotations", "val_annotations", "detections", "mpii_train", "mpii_valid"):
+    for key in ("train_annotations", "val_annotations", "detections", "mpii_train", "mpii_valid", "mpii_gt_valid"):
         a = synthetic_paths(plain_root)[key].read_bytes()
         assert synthetic_paths(tmp_path / "again")[key].read_bytes() == a, key
     images = sorted((plain_root / "images/train2017").iterdir())
@@ -339,3 +339,18 @@ def test_visibility_follows_head_and_body_orientation() -> None:
 def test_bad_config_raises_naming_the_field(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=field):
         SyntheticConfig(**{field: value})
+
+
+def test_gt_valid_mat_does_not_record_when_it_was_written(tmp_path: Path, monkeypatch) -> None:
+    import time
+
+    from pnfs_pipeline.data.synthetic import _write_gt_valid
+
+    entry = {"joints": [[10.0, 20.0]] * 16, "joints_vis": [1] * 16, "headbox": [[1.0, 2.0], [3.0, 4.0]]}
+    written = []
+    for moment in ("Tue Dec  1 00:00:00 2026", "Wed Dec  2 12:34:56 2026"):
+        monkeypatch.setattr(time, "asctime", lambda *args, moment=moment: moment)  # scipy's header clock
+        _write_gt_valid(tmp_path / "gt_valid.mat", [entry])
+        written.append((tmp_path / "gt_valid.mat").read_bytes())
+    assert written[0] == written[1]
+    assert scipy.io.loadmat(str(tmp_path / "gt_valid.mat"))["pos_gt_src"].shape == (16, 2, 1)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
+import io
 import json
 import logging
 import math
@@ -1316,7 +1317,13 @@ def _write_gt_valid(path: Path, entries: list[dict[str, Any]]) -> None:
         pos[:, :, i] = np.asarray(entry["joints"], dtype=np.float64)
         missing[:, i] = 1 - np.asarray(entry["joints_vis"], dtype=np.float64)
         heads[:, :, i] = np.asarray(entry["headbox"], dtype=np.float64)
-    atomic_write(path, lambda stream: scipy.io.savemat(stream, {"pos_gt_src": pos, "jnt_missing": missing, "headboxes_src": heads}))
+    buffer = io.BytesIO()
+    scipy.io.savemat(buffer, {"pos_gt_src": pos, "jnt_missing": missing, "headboxes_src": heads})
+    data = buffer.getvalue()
+    # A MAT 5 file opens with 116 bytes of free text, which scipy fills with the time of writing:
+    # a fixed text keeps the file the same from run to run, as every other generated file.
+    header = b"MATLAB 5.0 MAT-file, written by pnfs_pipeline's synthetic dataset generator"
+    atomic_write(path, lambda stream: stream.write(header.ljust(116) + data[116:]))
 
 
 def _read_manifest(root: Path) -> dict[str, Any] | None:
