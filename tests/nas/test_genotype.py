@@ -211,6 +211,18 @@ def test_original_prune_keeps_everything_a_softmax_does_not_zero():
         torch.testing.assert_close(derived(x), model.eval()(x), rtol=1e-5, atol=1e-6)
 
 
+def test_original_prune_keeps_tiny_weights_as_positive_numbers():
+    # a long search: one slot and one op far ahead, the rest at softmax weights around 1e-7
+    model = supernet(share_alpha=True)
+    with torch.no_grad():
+        model.arch_betas[0][:, 0] = 16.0
+        model.arch_alphas[0][..., 1] = 16.0
+    genotype = derive_genotype(model.architecture_summary("sync"), model.network_description(), rule="original")
+    cell = next(iter(genotype["parts"]["upper"]["cells"].values()))
+    small = [w for w in cell["inputs"].values() if w < 1e-3] + [w for w in cell["ops"][0].values() if w < 1e-3]
+    assert small and all(0 < w < 1e-6 for w in small)
+
+
 def test_genotype_yaml_round_trips(tmp_path):
     model = supernet()
     genotype = derive_genotype(model.architecture_summary("darts1"), model.network_description(), rule="top1")

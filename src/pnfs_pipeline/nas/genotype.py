@@ -123,6 +123,12 @@ def most_probable_path(grid: GridShape, betas: dict[tuple[int, int], np.ndarray]
     return path[::-1]
 
 
+def _six_digits(weight: float) -> float:
+    """A kept weight, readable in the YAML: six significant digits, never 0 (six decimals turned
+    a softmax weight under 5e-7, which the original rule keeps, into a 0 validation refuses)."""
+    return float(f"{float(weight):.6g}")
+
+
 def _reachable(grid: GridShape, kept_inputs: dict[tuple[int, int], dict[int, float]]) -> list[tuple[int, int]]:
     needed = {grid.output}
     for layer, scale in reversed(grid.positions()):
@@ -138,7 +144,7 @@ def _slot_map(grid: GridShape, layer: int, scale: int, kept_sources: dict[int, f
     slots = {}
     for source, weight in kept_sources.items():
         slot = next(i for i, s in enumerate(sources) if s == source)
-        slots[SLOT_NAMES[slot]] = round(float(weight), 6)
+        slots[SLOT_NAMES[slot]] = _six_digits(weight)
     return slots
 
 
@@ -193,7 +199,7 @@ def derive_genotype(
             alpha = alpha_of[position]
             if rule == "original":
                 edges = [
-                    {operators[o]: round(float(w), 6) for o, w in enumerate(row) if w > 0.0 and operators[o] != "zero"}
+                    {operators[o]: _six_digits(w) for o, w in enumerate(row) if w > 0.0 and operators[o] != "zero"}
                     for row in alpha
                 ]
             else:
