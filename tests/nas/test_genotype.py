@@ -98,10 +98,14 @@ def test_one_hot_derived_network_with_inherited_weights_equals_the_supernet(rule
     summary, weights = one_hot_architecture(model)
     genotype = derive_genotype(summary, model.network_description(), rule=rule, threshold=0.5)
     derived = DerivedNetwork(genotype).eval()
-    assert inherit_supernet_weights(derived, model.state_dict()) == len(derived.state_dict())
+    operators = list(summary["operators"])
+    assert inherit_supernet_weights(derived, model.state_dict(), supernet_operators=operators) == len(derived.state_dict())
     x = torch.randn(2, 3, 64, 48)
     with torch.no_grad():
         torch.testing.assert_close(derived(x), model(x, weights), rtol=1e-5, atol=1e-6)
+    # a supernet searched over another operator list would hand its ops to the wrong ones
+    with pytest.raises(ValueError, match=r"searched over operators .* the supernet has .*derive it from this supernet"):
+        inherit_supernet_weights(derived, model.state_dict(), supernet_operators=operators[::-1])
 
 
 def test_a_fabric_without_cut_layers_derives_and_equals_its_supernet():

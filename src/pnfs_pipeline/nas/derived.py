@@ -255,12 +255,21 @@ def inherit_supernet_weights(
     derived: DerivedNetwork,
     supernet_state: dict[str, torch.Tensor],
     supernet_part_names: list[str] | None = None,
+    supernet_operators: list[str] | None = None,
 ) -> int:
     """Copy the supernet weights of every kept module into ``derived``; returns tensors copied.
 
     Parts are matched by name: ``supernet_part_names`` is the supernet's part order (by default
-    the genotype's order).
+    the genotype's order). Ops are found by their index in the genotype's searched operators,
+    which must be the supernet's (``supernet_operators``, where known): another list would map
+    same-shaped ops (avg_pool, max_pool) onto each other without a word.
     """
+    searched = [canonical_op_name(o) for o in derived.genotype["provenance"]["operators"]]
+    if supernet_operators is not None and [canonical_op_name(o) for o in supernet_operators] != searched:
+        raise ValueError(
+            f"the genotype was searched over operators {searched}, the supernet has "
+            f"{[canonical_op_name(o) for o in supernet_operators]}: derive it from this supernet's search"
+        )
     order = list(supernet_part_names) if supernet_part_names is not None else derived.part_names
     missing = [p for p in derived.part_names if p not in order]
     if missing:
@@ -297,11 +306,10 @@ def inherit_supernet_weights(
                 elif rest.startswith("edges."):
                     edge, _, op_index, tail = rest[len("edges.") :].split(".", 3)
                     op_name = cell.edges[int(edge)].op_names[int(op_index)]
-                    candidates = [canonical_op_name(o) for o in genotype["provenance"]["operators"]]
-                    if op_name not in candidates:  # a hand-edited op the supernet never had
+                    if op_name not in searched:  # a hand-edited op the supernet never had
                         fresh.add(f"{derived.part_names[p]} {name} edge {edge}: {op_name}")
                         continue
-                    mapping[key] = f"{source_cell}edges.{edge}.ops.{candidates.index(op_name)}.{tail}"
+                    mapping[key] = f"{source_cell}edges.{edge}.ops.{searched.index(op_name)}.{tail}"
                 else:
                     mapping[key] = source_cell + rest
         for key in own:

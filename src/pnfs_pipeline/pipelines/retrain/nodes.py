@@ -64,8 +64,12 @@ def retrain_network(
     torch.manual_seed(params.trainer.seed)
     network = DerivedNetwork(genotype, frozen_backbone=model_params.frozen_backbone)
     if params.init == "inherit":
+        supernet_config = supernet_checkpoint["config"]
         copied = inherit_supernet_weights(
-            network, supernet_checkpoint["model"], supernet_checkpoint["config"].get("part_names")
+            network,
+            supernet_checkpoint["model"],
+            supernet_config.get("part_names"),
+            ((supernet_config.get("model") or {}).get("fabric") or {}).get("operators"),
         )
         logger.info("derived network inherits %d tensors from the supernet", copied)
     elif model_params.pretrained_backbone:
