@@ -212,6 +212,20 @@ def test_real_mpii_files_do_not_stop_a_coco_only_generation(tmp_path: Path) -> N
     with pytest.raises(FileExistsError, match="mpii/annot/valid.json"):
         generate_synthetic_dataset(tmp_path, SyntheticConfig(num_train_images=1, num_val_images=1, mpii=True))
     assert mine.read_text(encoding="utf-8") == "[]"
+    # ... nor after a generation without them was interrupted (no manifest, its marker left)
+    import pnfs_pipeline.data.synthetic as synthetic
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(synthetic, "_write_split", killed)
+        with pytest.raises(KeyboardInterrupt):
+            generate_synthetic_dataset(tmp_path, config)
+    assert (tmp_path / IN_PROGRESS_MARKER).exists() and not (tmp_path / MANIFEST_NAME).exists()
+    with pytest.raises(FileExistsError, match="mpii/annot/valid.json"):
+        generate_synthetic_dataset(tmp_path, SyntheticConfig(num_train_images=1, num_val_images=1, mpii=True))
+    assert mine.read_text(encoding="utf-8") == "[]"
 
 
 def test_mpii_variant(forced_root: Path) -> None:

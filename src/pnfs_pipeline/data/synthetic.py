@@ -1485,6 +1485,15 @@ def _write_split(
     return counts, next_ann_id
 
 
+def _marker_says_mpii(marker: Path) -> bool:
+    """Whether the interrupted generation that left ``marker`` may have written MPII files (an
+    older marker, plain text, does not say: taken as yes)."""
+    try:
+        return bool(json.loads(marker.read_text(encoding="utf-8")).get("mpii_files", True))
+    except (OSError, ValueError, AttributeError):
+        return True
+
+
 def _written_by(mpii: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The files and image folders (keys of :func:`synthetic_paths`) a generation writes."""
     files = ("train_annotations", "val_annotations", "detections") + (("mpii_train", "mpii_valid", "mpii_gt_valid") if mpii else ())
@@ -1504,23 +1513,25 @@ def generate_synthetic_dataset(
     The manifest is removed first and written last, so an interrupted run is never taken
     for a complete dataset.  To avoid clobbering a real dataset placed at ``root`` by
     mistake, any file this would write (annotations, detections, the MPII files, images)
-    that exists without a synthetic manifest raises ``FileExistsError`` unless
-    ``overwrite_foreign`` is set. ``workers`` > 1 renders in that many processes; the files
+    that an earlier generation here did not write (as its manifest, or the marker of an
+    interrupted one, says) raises ``FileExistsError`` unless ``overwrite_foreign`` is set. ``workers`` > 1 renders in that many processes; the files
     are the same as with one.
     """
     start = time.perf_counter()
     root = Path(root)
     paths = synthetic_paths(root)
     files, folders = _written_by(config.mpii)
-    # What an earlier generation here wrote (its manifest says whether it wrote the MPII files)
-    # may be replaced; anything else at a path this one writes is someone's data.
-    manifest = _read_manifest(root)
+    # What an earlier generation here wrote (its manifest, or an interrupted one's marker, says
+    # whether that included the MPII files) may be replaced; anything else at a path this one
+    # writes is someone's data.
+    manifest, marker = _read_manifest(root), root / IN_PROGRESS_MARKER
     if manifest is not None:
-        ours = set(sum(_written_by(bool(manifest.get("config", {}).get("mpii", True))), ()))
-    elif (root / IN_PROGRESS_MARKER).exists():
-        ours = set(files + folders)  # an interrupted generation of ours
+        wrote_mpii: bool | None = bool(manifest.get("config", {}).get("mpii", True))
+    elif marker.exists():
+        wrote_mpii = _marker_says_mpii(marker)
     else:
-        ours = set()
+        wrote_mpii = None
+    ours = set() if wrote_mpii is None else set(sum(_written_by(wrote_mpii), ()))
     foreign = [paths[k] for k in files if k not in ours and paths[k].exists()]
     foreign += [paths[k] for k in folders if k not in ours and paths[k].is_dir() and any(paths[k].iterdir())]
     if foreign and not overwrite_foreign:
@@ -1529,7 +1540,7 @@ def generate_synthetic_dataset(
             f"{' ...' if len(foreign) > 3 else ''}); refusing to overwrite it: point data.root at another folder"
         )
     root.mkdir(parents=True, exist_ok=True)
-    (root / IN_PROGRESS_MARKER).write_text("generation in progress\n", encoding="utf-8")
+    marker.write_text(json.dumps({"generation_in_progress": True, "mpii_files": config.mpii or bool(wrote_mpii)}), encoding="utf-8")
     paths["manifest"].unlink(missing_ok=True)
     for key in ("train_images", "val_images") + (("mpii_images",) if config.mpii else ()):
         paths[key].mkdir(parents=True, exist_ok=True)
