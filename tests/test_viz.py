@@ -38,6 +38,10 @@ def test_left_and_right_come_from_the_flip_pairs_whatever_the_naming_style():
     colours, legend = keypoint_colours(_spec(["fin_a", "fin_b", "body"], [["fin_a", "fin_b"]]))
     assert colours == [LEFT_COLOUR, RIGHT_COLOUR, CENTRE_COLOUR]
     assert legend == "blue / red = first / second keypoint of each flip pair"
+    # one unnamed pair puts every pair in its order, named ones too, as the legend then says
+    colours, legend = keypoint_colours(_spec(["r_ankle", "l_ankle", "fin_a", "fin_b"], [["r_ankle", "l_ankle"], ["fin_a", "fin_b"]]))
+    assert colours == [LEFT_COLOUR, RIGHT_COLOUR, LEFT_COLOUR, RIGHT_COLOUR]
+    assert legend == "blue / red = first / second keypoint of each flip pair"
 
 
 def test_overlays_without_ground_truth_do_not_promise_it():

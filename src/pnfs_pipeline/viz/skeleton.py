@@ -38,13 +38,12 @@ def keypoint_colours(spec: KeypointSpec) -> tuple[list[str], str]:
     it, and the legend says so instead of claiming left and right.
     """
     colours = [CENTRE_COLOUR] * spec.num_keypoints
-    by_name = True
-    for a, b in spec.flip_pairs:
-        sides = (_named_side(spec.keypoints[a]), _named_side(spec.keypoints[b]))
-        if sides == ("right", "left"):
+    sides = [(_named_side(spec.keypoints[a]), _named_side(spec.keypoints[b])) for a, b in spec.flip_pairs]
+    # One rule for every pair, or the legend would describe only some of them.
+    by_name = all(set(pair) == {"left", "right"} for pair in sides)
+    for (a, b), pair in zip(spec.flip_pairs, sides, strict=True):
+        if by_name and pair == ("right", "left"):
             a, b = b, a
-        elif sides != ("left", "right"):
-            by_name = False
         colours[a], colours[b] = LEFT_COLOUR, RIGHT_COLOUR
     legend = "blue = left, red = right" if by_name else "blue / red = first / second keypoint of each flip pair"
     return colours, legend
@@ -60,7 +59,8 @@ def draw_skeleton(
 ) -> None:
     """Draw bones and joints of ``(K, 3)`` keypoints whose third column exceeds ``min_visibility``.
 
-    Left limbs are blue, right limbs red, so a person can spot a left/right swap at a glance.
+    The two keypoints of each flip pair in two colours (:func:`keypoint_colours`: left blue, right
+    red where the names say which), so a person can spot a left/right swap at a glance.
     """
     shown = keypoints[:, 2] > min_visibility
     colours, _ = keypoint_colours(spec)
