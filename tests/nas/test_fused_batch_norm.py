@@ -249,6 +249,13 @@ def test_without_a_compiler_everything_stays_on_pytorch(monkeypatch, tmp_path, c
     assert not list(tmp_path.glob("*.so"))
 
 
+def test_a_cc_that_is_no_command_falls_back_saying_so(monkeypatch):
+    monkeypatch.setattr(native_kernels, "_state", {"loaded": False, "library": None, "error": None})
+    monkeypatch.setenv("CC", 'gcc "')  # unbalanced quote
+    assert native_kernels.load_kernels() is None
+    assert "is not a command" in native_kernels.unavailable_reason()
+
+
 def test_switched_off_by_environment(monkeypatch):
     monkeypatch.setattr(native_kernels, "_state", {"loaded": False, "library": None, "error": None})
     monkeypatch.setenv("PNFS_NATIVE_KERNELS", "0")

@@ -56,7 +56,10 @@ def _compiler() -> list[str] | None:
     """The compiler's command: ``$CC`` split as a shell would (``ccache gcc``), else the first
     of cc, gcc and clang found."""
     if os.environ.get("CC"):
-        return shlex.split(os.environ["CC"])
+        try:
+            return shlex.split(os.environ["CC"])
+        except ValueError as error:  # unbalanced quotes
+            raise RuntimeError(f"CC={os.environ['CC']!r} is not a command: {error}") from error
     for name in ("cc", "gcc", "clang"):
         if shutil.which(name):
             return [name]
