@@ -14,8 +14,8 @@ PRELOAD = preload="$$($(BIN)/python -m pnfs_pipeline.engine.allocator --ld-prelo
 
 .PHONY: setup run test lint viz benchmark allocator clean
 
-# A .venv that cannot run pip (a venv made without Debian's python3-venv, by a Python older than
-# 3.10, or moved from another folder) is made anew.
+# A .venv that cannot run pip (a venv made without Debian's python3-venv, or by a Python older
+# than 3.10) is made anew.
 $(STAMP): pyproject.toml
 	$(BIN)/python -c 'import sys, pip; assert sys.version_info >= (3, 10)' 2>/dev/null || $(PYTHON) -m venv --clear $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
