@@ -1514,8 +1514,8 @@ def generate_synthetic_dataset(
     for a complete dataset.  To avoid clobbering a real dataset placed at ``root`` by
     mistake, any file this would write (annotations, detections, the MPII files, images)
     that an earlier generation here did not write (as its manifest, or the marker of an
-    interrupted one, says) raises ``FileExistsError`` unless ``overwrite_foreign`` is set. ``workers`` > 1 renders in that many processes; the files
-    are the same as with one.
+    interrupted one, says) raises ``FileExistsError`` unless ``overwrite_foreign`` is set.
+    ``workers`` > 1 renders in that many processes; the files are the same as with one.
     """
     start = time.perf_counter()
     root = Path(root)
