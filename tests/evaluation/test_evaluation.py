@@ -272,6 +272,24 @@ def test_vectorised_oks_nms_equals_brute_force(seed):
     np.testing.assert_array_equal(decayed[alone], scores[alone])  # overlapping nothing: untouched
 
 
+def test_oks_matrix_equals_the_reference_formula_bit_for_bit_in_blocks(monkeypatch):
+    import pnfs_pipeline.evaluation.coco_eval as coco_eval
+
+    rng = np.random.default_rng(7)
+    keypoints = rng.uniform(0, 300, (23, 17, 3))
+    areas, sigmas = rng.uniform(500, 20000, 23), np.asarray(COCO.sigmas)
+    expected = np.empty((23, 23))
+    for i in range(23):
+        for j in range(23):
+            d2 = ((keypoints[i, :, :2] - keypoints[j, :, :2]) ** 2).sum(-1)
+            e = d2 / (2 * sigmas) ** 2 / ((areas[i] + areas[j]) / 2 + np.spacing(1)) / 2
+            expected[i, j] = np.mean(np.exp(-e))
+    np.testing.assert_array_equal(oks_matrix(keypoints, areas, sigmas), expected)
+    monkeypatch.setattr(coco_eval, "_OKS_BLOCK_TERMS", 17 * 23 * 4)  # blocks of 4 rows, the last of 3
+    np.testing.assert_array_equal(oks_matrix(keypoints, areas, sigmas), expected)
+    assert oks_matrix(keypoints[:0], areas[:0], sigmas).shape == (0, 0)
+
+
 def _coco_ground_truth():
     rng = np.random.default_rng(3)
     images, annotations = [], []
