@@ -368,3 +368,30 @@ def test_gt_valid_mat_does_not_record_when_it_was_written(tmp_path: Path, monkey
         written.append((tmp_path / "gt_valid.mat").read_bytes())
     assert written[0] == written[1]
     assert scipy.io.loadmat(str(tmp_path / "gt_valid.mat"))["pos_gt_src"].shape == (16, 2, 1)
+
+
+def test_ears_under_the_persons_own_long_hair_are_labelled_occluded() -> None:
+    """Long hair falls over the back of the head and the ears in profile and from behind: an ear
+    whose pixel the hair covers is occluded (v=1), though the hair belongs to the head."""
+    import dataclasses
+
+    from pnfs_pipeline.data.synthetic import PART_IDS, sample_pose
+
+    covered = seen = 0
+    for seed in range(150):
+        rng = np.random.default_rng(seed)
+        shape = dataclasses.replace(sample_body_shape(rng), long_hair=True)
+        person = build_person(shape, sample_pose(rng), 200.0, (128.0, 110.0))
+        label = np.zeros((256, 256), np.uint16)
+        draw_person(None, label, None, person, 16)
+        keypoints = visible_keypoints(ScenePerson(person, "person", 16, label > 0), label)
+        for name in ("left_ear", "right_ear"):
+            x, y, v = keypoints[COCO_KEYPOINT_NAMES.index(name)]
+            if v == 0:
+                continue
+            if label[int(round(y)), int(round(x))] == 16 + PART_IDS["long_hair"]:
+                covered += 1
+                assert v == 1, (seed, name)
+            else:
+                seen += v == 2
+    assert covered >= 5 and seen >= 5  # both cases met

@@ -52,7 +52,7 @@ from pnfs_pipeline.progress import track
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2  # 2: face keypoints visible exactly where their marks are drawn
+FORMAT_VERSION = 3  # 3: ears under the person's own long hair labelled occluded
 """Bumped whenever the rendered output changes, so cached datasets get regenerated."""
 
 MANIFEST_NAME = "synthetic_manifest.json"
@@ -128,11 +128,11 @@ PART_IDS: dict[str, int] = {
     "l_upper_arm": 4, "l_forearm": 5, "l_hand": 6,
     "r_upper_arm": 7, "r_forearm": 8, "r_hand": 9,
     "l_thigh": 10, "l_shin": 11, "l_foot": 12,
-    "r_thigh": 13, "r_shin": 14, "r_foot": 15,
+    "r_thigh": 13, "r_shin": 14, "r_foot": 15, "long_hair": 16,
 }  # fmt: skip
-"""Body part ids; label-map code of a part = person code base + part id (16 slots a person)."""
+"""Body part ids; label-map code of a part = person code base + part id (one slot a part)."""
 _PART_NAMES = {v: k for k, v in PART_IDS.items()}
-_PARTS_PER_PERSON = 16
+_PARTS_PER_PERSON = 17
 _LABEL_OCCLUDER = 1
 _LABEL_BACKGROUND_PEOPLE = 2  # crowd members and tiny people: never checked for visibility
 _FIRST_PERSON_CODE = 16
@@ -642,7 +642,8 @@ def _body_groups(
         )
         pts = np.concatenate([_SPHERE[back] * axes, strands_local * axes]) @ r_full.T + centre3
         depth = float(pts[:, 2].mean())
-        groups.append(_Group("head", depth, [_Layer(_hull(project(pts)), s.hair, outline)]))
+        # A part of its own: an ear it covers is hidden, though the hair belongs to the head.
+        groups.append(_Group("long_hair", depth, [_Layer(_hull(project(pts)), s.hair, outline)]))
     return groups
 
 
