@@ -7,6 +7,7 @@ from pnfs_pipeline.data.dataset import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     ImageReadError,
+    PackedRecords,
     TopDownDataset,
     denormalize_image,
     make_data_loader,
@@ -97,19 +98,65 @@ def test_cached_images_give_the_same_samples_and_are_decoded_once(train_index, m
     aug = AugmentationParams(flip=True, rotation_prob=1.0)
     plain = TopDownDataset(train_index, SAMPLE, aug, seed=1)
     cached = TopDownDataset(train_index, SAMPLE.model_copy(update={"cache_images": True}), aug, seed=1)
+    expected = []
+    for epoch in range(2):
+        plain.set_epoch(epoch)
+        expected.append([plain[i] for i in range(len(plain))])
     reads = []
     original_read = dataset_module.read_rgb_image
     monkeypatch.setattr(dataset_module, "read_rgb_image", lambda path: reads.append(path) or original_read(path))
     for epoch in range(2):
-        plain.set_epoch(epoch)
         cached.set_epoch(epoch)
-        for i in range(len(plain)):
-            got, want = cached[i], plain[i]
+        for i in range(len(cached)):
+            got, want = cached[i], expected[epoch][i]
             torch.testing.assert_close(got["image"], want["image"])
             torch.testing.assert_close(got["heatmaps"], want["heatmaps"])
-    images = {record["image"] for record in train_index["samples"]}
-    cached_reads = len(reads) - 2 * len(plain)  # the plain dataset reads on every access
-    assert cached_reads == len(images)
+    assert len(reads) == len({record["image"] for record in train_index["samples"]})
+
+
+def test_records_are_packed_and_read_back_equal(train_index):
+    records = train_index["samples"]
+    packed = PackedRecords(records)
+    assert len(packed) == len(records) and list(packed) == records
+    assert packed[-1] == records[-1] and packed[np.int64(1)] == records[1]
+    packed[0]["keypoints"][0][0] = -5.0  # a copy: the packed bytes do not change
+    assert packed[0] == records[0]
+    with pytest.raises(IndexError, match=f"record {len(records)} of {len(records)}"):
+        packed[len(records)]
+    with pytest.raises(TypeError, match="one at a time"):
+        packed[0:2]
+    assert len(PackedRecords([])) == 0 and list(PackedRecords([])) == []
+    assert isinstance(TopDownDataset(train_index, SAMPLE).samples, PackedRecords)
+
+
+def test_images_in_order_groups_each_images_crops_and_recent_images_are_not_read_again(train_index, monkeypatch):
+    import pnfs_pipeline.data.dataset as dataset_module
+
+    by_image = {}
+    for record in train_index["samples"]:
+        by_image.setdefault(record["image"], []).append(record)
+    for group in by_image.values():  # three crops an image, as detection boxes give
+        group += [{**group[0], "record_id": f"{group[0]['record_id']}-{k}"} for k in range(3 - len(group))]
+    # Interleave the images' crops: A1 B1 C1 A2 B2 ... (the order an index need not keep).
+    groups = list(by_image.values())
+    interleaved = [g[k] for k in range(max(map(len, groups))) for g in groups if k < len(g)]
+    dataset = TopDownDataset({**train_index, "samples": interleaved}, SAMPLE)
+    order = dataset.images_in_order()
+    assert sorted(order) == list(range(len(interleaved)))
+    names = [interleaved[i]["image"] for i in order]
+    for name in by_image:  # each image's crops in one run
+        positions = [k for k, n in enumerate(names) if n == name]
+        assert positions == list(range(positions[0], positions[-1] + 1))
+    assert [interleaved[i]["image"] for i in order if i < len(groups)] == [g[0]["image"] for g in groups]
+    grouped = TopDownDataset({**train_index, "samples": [interleaved[i] for i in order]}, SAMPLE)
+    assert grouped.images_in_order() == list(range(len(interleaved)))  # already grouped: the identity
+
+    reads = []
+    original_read = dataset_module.read_rgb_image
+    monkeypatch.setattr(dataset_module, "read_rgb_image", lambda path: reads.append(path) or original_read(path))
+    for i in order:
+        dataset[i]
+    assert len(reads) == len(by_image)
 
 
 def test_image_normalisation_and_batch_field_types(train_index):

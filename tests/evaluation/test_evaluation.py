@@ -175,6 +175,37 @@ def test_multi_scale_test_puts_a_keypoint_where_it_is_in_the_image(crop_scales):
     np.testing.assert_allclose(predictions["areas"], [box_area], rtol=1e-6)
 
 
+def test_prediction_decodes_each_image_once_and_returns_index_order(tmp_path, monkeypatch):
+    """Crops of two images interleaved in the index (a b a b a): read grouped by image, each image
+    decoded once for all its crops and scales, and the outputs come back in the index's order."""
+    import cv2
+
+    import pnfs_pipeline.data.dataset as dataset_module
+
+    ys, xs = np.mgrid[0:160, 0:180]
+    blobs = {"a.png": np.array([104.3, 57.6]), "b.png": np.array([70.2, 90.4])}
+    for name, blob in blobs.items():
+        brightness = np.exp(-((xs - blob[0]) ** 2 + (ys - blob[1]) ** 2) / (2 * 6.0**2))
+        cv2.imwrite(str(tmp_path / name), np.repeat((brightness * 255).round().astype(np.uint8)[..., None], 3, axis=-1))
+    sample = SampleParams(input_size=(48, 64), heatmap_size=(12, 16), sigma=1.0)
+    centred = {name: [blob[0] - 35.0, blob[1] - 50.0, 70.0, 100.0] for name, blob in blobs.items()}
+    names = ["a.png", "b.png", "a.png", "b.png", "a.png"]
+    boxes = [{"file_name": name, "bbox": centred[name], "score": 0.5 + 0.1 * k} for k, name in enumerate(names)]
+    images = {name: np.zeros((160, 180, 3), np.uint8) for name in blobs}
+    index = image_samples(images, boxes, COCO, sample.aspect_ratio, sample.box_padding)
+    assert [record["image"] for record in index["samples"]] == [box["file_name"] for box in boxes]
+    dataset = TopDownDataset(index, sample, None, image_root=tmp_path)
+    reads = []
+    original_read = dataset_module.read_rgb_image
+    monkeypatch.setattr(dataset_module, "read_rgb_image", lambda path: reads.append(path.name) or original_read(path))
+    predictions = predict_dataset(_BrightnessAtStride(), dataset, batch_size=2, decode="dark", crop_scales=(1.0, 0.9))
+    assert sorted(reads) == ["a.png", "b.png"]
+    np.testing.assert_array_equal(predictions["indices"], np.arange(5))
+    np.testing.assert_allclose(predictions["scores"], [0.5, 0.6, 0.7, 0.8, 0.9], rtol=1e-6)
+    for keypoints, box in zip(predictions["keypoints"], boxes, strict=True):
+        np.testing.assert_allclose(keypoints[:, :2], np.broadcast_to(blobs[box["file_name"]], (17, 2)), atol=0.6)
+
+
 def test_no_people_to_predict_gives_empty_results_not_a_crash(caplog):
     """A boxes file of ``[]`` (a detector that found nobody): empty, correctly shaped outputs."""
     image = np.zeros((40, 30, 3), dtype=np.uint8)

@@ -8,6 +8,9 @@ where ``samples`` are :class:`~pnfs_pipeline.data.records.PersonRecord` dicts. I
 from __future__ import annotations
 
 import logging
+import pickle
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +70,43 @@ def denormalize_image(tensor: torch.Tensor) -> np.ndarray:
     return (np.clip(image, 0.0, 1.0) * 255.0).round().astype(np.uint8)
 
 
+class PackedRecords(Sequence):
+    """Sample records pickled into one byte array, read back one at a time.
+
+    A loader's worker processes are forked with the dataset, and a Python list of dicts is not
+    shared for long: reading a record touches its reference counts, which copies the page it
+    lies on, so each worker ended up with a private copy of the whole list (COCO train2017's
+    148k records: 565 MB a worker, measured). Two numpy arrays have no such counts and stay shared.
+    """
+
+    def __init__(self, records: Sequence[dict[str, Any]]) -> None:
+        pickled = [pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL) for record in records]
+        self._offsets = np.zeros(len(pickled) + 1, dtype=np.int64)
+        np.cumsum([len(b) for b in pickled], out=self._offsets[1:])
+        self._bytes = np.frombuffer(b"".join(pickled), dtype=np.uint8)
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    def __getitem__(self, index: int) -> dict[str, Any]:  # type: ignore[override]
+        if not isinstance(index, (int, np.integer)):
+            raise TypeError(f"records are read one at a time, by integer index, not {type(index).__name__}")
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"record {index} of {len(self)}")
+        return pickle.loads(self._bytes[self._offsets[index] : self._offsets[index + 1]].tobytes())
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return (self[i] for i in range(len(self)))
+
+
+# Decoded images a dataset keeps when it does not cache them all: the crops of one image come
+# one after another in evaluation (see images_in_order), so each image is decoded once, not once
+# per person (COCO val2017's detection boxes: 21 a image on average).
+RECENT_IMAGES = 4
+
+
 class TopDownDataset(Dataset):
     """Person crops with Gaussian heatmap targets.
 
@@ -84,7 +124,8 @@ class TopDownDataset(Dataset):
         images: dict[str, np.ndarray] | None = None,
     ) -> None:
         """``images`` (name -> RGB array) serves images already in memory instead of files."""
-        self.samples = index["samples"]
+        self._check_crop_shape(index["samples"], sample, index.get("dataset", "sample index"))
+        self.samples = PackedRecords(index["samples"])
         self.images = images
         self.image_root = Path(image_root if image_root is not None else index.get("image_root", "."))
         self.spec: KeypointSpec = keypoint_spec_from_dict(index["keypoint_spec"], source="sample index")
@@ -96,23 +137,24 @@ class TopDownDataset(Dataset):
         self._sigmas = keypoint_sigmas(self.spec, sample.sigma, sample.keypoint_sigmas)
         self._joint_weights = np.asarray(self.spec.joint_weights) if sample.use_joint_weights else None
         self._decoded: dict[str, np.ndarray] | None = {} if sample.cache_images and images is None else None
-        self._check_crop_shape(index.get("dataset", "sample index"))
+        self._recent: OrderedDict[str, np.ndarray] = OrderedDict()
 
-    def _check_crop_shape(self, name: str) -> None:
+    @staticmethod
+    def _check_crop_shape(records: Sequence[dict[str, Any]], sample: SampleParams, name: str) -> None:
         """The crops were sized at prepare time for that run's input shape; the warp scales by the
         crop's width alone, so crops of another shape would cut people off (or add margin)."""
-        if not self.samples:
+        if not records:
             return
-        sizes = np.asarray([record["size"] for record in self.samples], dtype=np.float64)
+        sizes = np.asarray([record["size"] for record in records], dtype=np.float64)
         ratios = sizes[:, 0] / sizes[:, 1]
-        wrong = np.flatnonzero(np.abs(ratios / self.sample.aspect_ratio - 1.0) > 1e-3)
+        wrong = np.flatnonzero(np.abs(ratios / sample.aspect_ratio - 1.0) > 1e-3)
         if wrong.size:
-            first = self.samples[int(wrong[0])]
-            width, height = self.sample.input_size
+            first = records[int(wrong[0])]
+            width, height = sample.input_size
             raise ValueError(
-                f"{name}: {wrong.size} of {len(self.samples)} crops were prepared for another input shape "
+                f"{name}: {wrong.size} of {len(records)} crops were prepared for another input shape "
                 f"(record {first.get('record_id')} of image {first.get('image')}: width / height "
-                f"{ratios[wrong[0]]:.4f}), not this network's {width}x{height} ({self.sample.aspect_ratio:.4f}): "
+                f"{ratios[wrong[0]]:.4f}), not this network's {width}x{height} ({sample.aspect_ratio:.4f}): "
                 "run the prepare pipeline again with this sample.input_size"
             )
 
@@ -122,8 +164,10 @@ class TopDownDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def crop_params(self, idx: int, keypoints: np.ndarray, image_width: int) -> CropParams:
-        record = self.samples[idx]
+    def crop_params(
+        self, idx: int, keypoints: np.ndarray, image_width: int, record: dict[str, Any] | None = None
+    ) -> CropParams:
+        record = self.samples[idx] if record is None else record
         center, size = np.asarray(record["center"]), np.asarray(record["size"])
         if self.augmentation is None:
             return CropParams(center=center, size=size, rotation=0.0, flipped=False)
@@ -144,6 +188,26 @@ class TopDownDataset(Dataset):
             crop = CropParams(mirrored, crop.size, crop.rotation, True)
         return crop
 
+    def _recent_image(self, name: str) -> np.ndarray:
+        image = self._recent.get(name)
+        if image is None:
+            image = read_rgb_image(self.image_root / name)
+            self._recent[name] = image
+            if len(self._recent) > RECENT_IMAGES:
+                self._recent.popitem(last=False)
+        else:
+            self._recent.move_to_end(name)
+        return image
+
+    def images_in_order(self) -> list[int]:
+        """Every sample index, the crops of each image together (images in the order of their
+        first crop, crops in index order): the identity where the index already groups them."""
+        first_seen: dict[str, int] = {}
+        keys = []
+        for position, record in enumerate(self.samples):
+            keys.append(first_seen.setdefault(record["image"], position))
+        return sorted(range(len(keys)), key=lambda i: (keys[i], i))
+
     def __getitem__(self, idx: int) -> dict[str, Any]:
         record = self.samples[idx]
         if self.images is not None:
@@ -153,10 +217,10 @@ class TopDownDataset(Dataset):
             if image is None:
                 image = self._decoded[record["image"]] = read_rgb_image(self.image_root / record["image"])
         else:
-            image = read_rgb_image(self.image_root / record["image"])
+            image = self._recent_image(record["image"])
         original_keypoints = np.asarray(record["keypoints"], dtype=np.float64)
         keypoints = original_keypoints
-        crop = self.crop_params(idx, keypoints, image.shape[1])
+        crop = self.crop_params(idx, keypoints, image.shape[1], record)
         matrix = crop_affine(crop.center, crop.size, crop.rotation, self.sample.input_size)
         image_matrix = matrix
         if crop.flipped:
@@ -271,7 +335,7 @@ def make_data_loader(
     seed: int,
     num_workers: int = 0,
     drop_last: bool = False,
-    sampler: torch.utils.data.Sampler | None = None,
+    sampler: torch.utils.data.Sampler | Sequence[int] | None = None,
     pin_memory: bool = False,
 ) -> DataLoader:
     """A reproducible ``DataLoader``: shuffling and worker seeds derive from ``seed``.
