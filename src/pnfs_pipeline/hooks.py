@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 from typing import Any
 
+import click
 from kedro.framework.hooks import hook_impl
 from kedro.pipeline import Pipeline
 
+from pnfs_pipeline.config import ParameterError
 from pnfs_pipeline.pipeline_registry import LIFECYCLE
 
 logger = logging.getLogger(__name__)
@@ -21,6 +25,28 @@ def lifecycle_pipelines() -> dict[str, Pipeline]:
         stage: importlib.import_module(f"pnfs_pipeline.pipelines.{stage}.pipeline").create_pipeline()
         for stage in LIFECYCLE
     }
+
+
+class ProjectFolderHooks:
+    """Work in the project folder, wherever the session was started.
+
+    Paths the project writes outside the catalog (the synthetic images, the sample indexes'
+    image roots, kedro-mlflow's ``sqlite:///mlflow.db``) are relative to the project folder;
+    Kedro finds the project from a subfolder (``notebooks/``, where Jupyter starts its
+    kernel), and there they went to ``notebooks/data`` and ``notebooks/mlflow.db``.
+    """
+
+    @hook_impl(tryfirst=True)  # before kedro-mlflow reads its tracking URI
+    def after_context_created(self, context: Any) -> None:
+        project = Path(context.project_path).resolve()
+        if Path.cwd().resolve() != project:
+            logger.info("working in the project folder %s", project)
+            os.chdir(project)
+
+
+class InvalidParametersError(click.ClickException, ParameterError):
+    """A :class:`ParameterError` found before the first node: Kedro's command line shows it as its
+    one line instead of a traceback through the hook machinery."""
 
 
 class ParameterCheckHooks:
@@ -42,7 +68,10 @@ class ParameterCheckHooks:
         # The keypoint spec (data's) is what cross-checks of the other groups need; a group name
         # no pipeline knows (a misspelled 'sampel') is reported, not ignored.
         checked = read | {"data"} | (set(parameters) - set(PARAMETER_GROUPS))
-        parsed = check_parameters({name: parameters[name] for name in sorted(checked) if name in parameters})
+        try:
+            parsed = check_parameters({name: parameters[name] for name in sorted(checked) if name in parameters})
+        except ParameterError as error:
+            raise InvalidParametersError(str(error)) from error
         if "evaluate" in parsed and parsed["evaluate"].checkpoint:
             _evaluate_chosen_checkpoint(parsed["evaluate"].checkpoint, pipeline, catalog)
 
@@ -58,8 +87,9 @@ def _evaluate_chosen_checkpoint(path: str, pipeline: Pipeline, catalog: Any) -> 
         catalog["retrained_checkpoint"] = CheckpointDataset(filepath=path)
 
 
-class MissingUpstreamError(RuntimeError):
-    """A pipeline was run before the pipeline that produces its inputs."""
+class MissingUpstreamError(click.ClickException, RuntimeError):
+    """A pipeline was run before the pipeline that produces its inputs (shown by Kedro's command
+    line as its one line)."""
 
 
 class UpstreamCheckHooks:
@@ -79,21 +109,44 @@ class UpstreamCheckHooks:
         if not missing:
             return
         registered = lifecycle_pipelines()
-        producers = []
-        for name in missing:
-            producer = next((stage for stage in LIFECYCLE if name in registered[stage].all_outputs()), None)
-            producers.append((LIFECYCLE.index(producer) if producer else -1, producer, name))
-        rank, producer, dataset = max(producers)
+        producer, dataset = _latest_producer(missing, registered)
         if producer is None:
             raise MissingUpstreamError(f"input '{dataset}' does not exist and no pipeline produces it")
+        # The producer may lack inputs of its own: name every stage to run, earliest first.
+        stages = [producer]
+        while True:
+            earlier = [
+                name for name in sorted(registered[stages[0]].inputs())
+                if not name.startswith("params:") and name != "parameters" and not catalog.exists(name)
+            ]
+            upstream, _ = _latest_producer(earlier, registered)
+            if upstream is None or LIFECYCLE.index(upstream) >= LIFECYCLE.index(stages[0]):
+                break
+            stages.insert(0, upstream)
+        first = LIFECYCLE.index(stages[0])
+        stages = list(LIFECYCLE[first : LIFECYCLE.index(producer) + 1])
+        if len(stages) == 1:
+            raise MissingUpstreamError(f"'{dataset}' does not exist yet: run `kedro run --pipelines={producer}` first")
         raise MissingUpstreamError(
-            f"'{dataset}' does not exist yet: run `kedro run --pipeline={producer}` first"
+            f"'{dataset}' does not exist yet: run `kedro run --pipelines={','.join(stages)}` first "
+            f"(the {producer} pipeline's own inputs are missing too)"
         )
 
 
-def _rank() -> int:
-    import os
+def _latest_producer(missing: list[str], registered: dict[str, Pipeline]) -> tuple[str | None, str | None]:
+    """The latest lifecycle stage that produces one of ``missing``, and that dataset; ``(None,
+    name)`` when no stage produces any of them."""
+    producers = []
+    for name in missing:
+        producer = next((stage for stage in LIFECYCLE if name in registered[stage].all_outputs()), None)
+        producers.append((LIFECYCLE.index(producer) if producer else -1, producer, name))
+    if not producers:
+        return None, None
+    _, producer, dataset = max(producers)
+    return producer, dataset
 
+
+def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 

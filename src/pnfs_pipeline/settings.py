@@ -9,8 +9,13 @@ CONFIG_LOADER_ARGS = {
     "merge_strategy": {"parameters": "soft"},
 }
 
-from pnfs_pipeline.hooks import DistributedRankHooks, ParameterCheckHooks, UpstreamCheckHooks  # noqa: E402
+from pnfs_pipeline.hooks import (  # noqa: E402
+    DistributedRankHooks,
+    ParameterCheckHooks,
+    ProjectFolderHooks,
+    UpstreamCheckHooks,
+)
 
 # pluggy calls the last registered first: parameters, then inputs, then the rank's settings, all
 # before plugins such as kedro-mlflow (tryfirst).
-HOOKS = (DistributedRankHooks(), UpstreamCheckHooks(), ParameterCheckHooks())
+HOOKS = (ProjectFolderHooks(), DistributedRankHooks(), UpstreamCheckHooks(), ParameterCheckHooks())

@@ -206,6 +206,23 @@ def test_prediction_decodes_each_image_once_and_returns_index_order(tmp_path, mo
         np.testing.assert_allclose(keypoints[:, :2], np.broadcast_to(blobs[box["file_name"]], (17, 2)), atol=0.6)
 
 
+def test_decoded_images_decode_on_demand_and_keep_only_the_last_few():
+    from pnfs_pipeline.evaluation.images import DecodedImages
+
+    decoded = []
+
+    def loader(name):
+        return lambda: decoded.append(name) or np.full((4, 3, 3), len(decoded), np.uint8)
+
+    images = DecodedImages({name: loader(name) for name in "abcde"}, keep=2)
+    assert len(images) == 5 and list(images) == list("abcde") and "c" in images and "z" not in images
+    assert decoded == []  # membership and listing decode nothing
+    images["a"], images["b"], images["a"], images["c"]  # a is recent again: b is dropped, not a
+    assert decoded == ["a", "b", "c"]
+    images["a"], images["b"]
+    assert decoded == ["a", "b", "c", "b"]
+
+
 def test_no_people_to_predict_gives_empty_results_not_a_crash(caplog):
     """A boxes file of ``[]`` (a detector that found nobody): empty, correctly shaped outputs."""
     image = np.zeros((40, 30, 3), dtype=np.uint8)

@@ -75,8 +75,8 @@ def test_derive_and_retrain_after_search(kedro_project):
 
 
 @pytest.mark.parametrize(("pipeline", "command"), [("derive", "search"), ("retrain", "search")])
-def test_running_too_early_names_the_command_to_run_first(kedro_project, pipeline, command):
-    with pytest.raises(MissingUpstreamError, match=rf"run `kedro run --pipeline={command}` first"):
+def test_running_too_early_names_the_commands_to_run_first(kedro_project, pipeline, command):
+    with pytest.raises(MissingUpstreamError, match=rf"run `kedro run --pipelines={command}` first"):
         run_pipeline(kedro_project, pipeline)
 
 

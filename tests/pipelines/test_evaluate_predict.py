@@ -1,10 +1,16 @@
 import json
+import os
+import re
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pnfs_pipeline.config import ParameterError
+from pnfs_pipeline.data.dataset import ImageReadError
 from pnfs_pipeline.hooks import MissingUpstreamError
 from tests.pipelines.conftest import run_pipeline
 
@@ -44,12 +50,16 @@ def test_evaluate_and_predict_after_retrain(kedro_project):
         (folder / subfolder).mkdir(parents=True)
         shutil.copy(images[0], folder / subfolder / "person.jpg")
     (folder / ".gitkeep").touch()
+    (folder / "crowd" / "notes.txt").write_text("taken on the 3rd")  # not an image: left out
     run_pipeline(kedro_project, "predict", FAST)
     predicted = json.loads((data / "07_model_output" / "predicted_keypoints.json").read_text())
     assert [p["file_name"] for p in predicted] == ["crowd/person.jpg", "solo/person.jpg"]
     assert predicted[0]["keypoints"] == predicted[1]["keypoints"]
     overlays = sorted((data / "08_reporting" / "predict_overlays").rglob("*.png"))
     assert [str(o.relative_to(data / "08_reporting" / "predict_overlays")) for o in overlays] == ["crowd/person.png", "solo/person.png"]
+    (folder / "solo" / "broken.jpg").write_bytes(b"not a JPEG")
+    with pytest.raises(ImageReadError, match="predict_images/solo/broken.jpg: cannot be read as an image"):
+        run_pipeline(kedro_project, "predict", FAST)
     for subfolder in ("crowd", "solo"):
         shutil.rmtree(folder / subfolder)
 
@@ -111,9 +121,27 @@ def test_evaluate_and_predict_after_retrain(kedro_project):
         run_pipeline(kedro_project, "evaluate", {**FAST, "evaluate.checkpoint": "elsewhere/weights_only.pt"})
 
 
-def test_evaluate_before_a_model_exists_names_the_command(kedro_project):
-    with pytest.raises(MissingUpstreamError, match=r"run `kedro run --pipeline=(retrain|search)` first"):
+def test_evaluate_before_a_model_exists_names_every_stage_to_run(kedro_project):
+    # retrain makes the model, but needs derive's genotype and search's supernet first
+    expected = "'retrained_checkpoint' does not exist yet: run `kedro run --pipelines=search,derive,retrain` first"
+    with pytest.raises(MissingUpstreamError, match=re.escape(expected)):
         run_pipeline(kedro_project, "evaluate")
+
+
+@pytest.mark.slow
+def test_the_command_line_shows_a_missing_step_or_a_bad_name_as_one_line(kedro_project):
+    """Not a traceback of ~140 lines through the hook machinery with the message at its end."""
+    kedro = Path(sys.executable).with_name("kedro")
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true"}
+    for arguments, message in (
+        (["--pipelines=evaluate"], "Error: 'retrained_checkpoint' does not exist yet: run `kedro run --pipelines="),
+        (["--pipelines=serach"], "Error: no pipeline named 'serach': did you mean 'search'?"),
+        (["--pipelines=search", "--params=search.trainer.epochz=2"], "Error: invalid parameters:\n  parameter 'search.trainer.epochz'"),
+    ):
+        result = subprocess.run([str(kedro), "run", *arguments], cwd=kedro_project, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 1
+        assert message in result.stderr, result.stderr[-2000:]
+        assert "Traceback" not in result.stderr and "╭" not in result.stderr
 
 
 def test_mpii_evaluation_reports_pckh(kedro_project):

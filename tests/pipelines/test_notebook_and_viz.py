@@ -20,8 +20,12 @@ def test_notebook_loads_a_finished_run_through_the_catalog(kedro_project, monkey
     run_pipeline(kedro_project, "retrain", FAST)
     run_pipeline(kedro_project, "evaluate", FAST)
     notebook = nbformat.read(PROJECT_ROOT / "notebooks" / "explore_run.ipynb", as_version=4)
-    monkeypatch.setenv("PNFS_PROJECT", str(kedro_project))
-    client = NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(kedro_project)}})
+    # Where Jupyter starts the kernel: the notebook's folder (the relative image roots of the
+    # sample indexes then resolve only because the session works in the project folder).
+    monkeypatch.delenv("PNFS_PROJECT", raising=False)
+    (kedro_project / "notebooks").mkdir()
+    resources = {"metadata": {"path": str(kedro_project / "notebooks")}}
+    client = NotebookClient(notebook, timeout=300, kernel_name="python3", resources=resources)
     client.execute()
     outputs = "".join(
         output.get("text", "") for cell in notebook.cells if cell.cell_type == "code" for output in cell.get("outputs", [])

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -84,3 +85,16 @@ def test_a_misspelled_parameter_group_is_named(kedro_project):
 
     with pytest.raises(ParameterError, match=r"parameter 'sampel': no such parameter group"):
         run_pipeline(kedro_project, "prepare", {"sampel.sigma": 3})
+
+
+def test_a_session_started_in_a_subfolder_works_in_the_project_folder(kedro_project, monkeypatch):
+    """Jupyter starts a notebook's kernel in notebooks/: the synthetic images, the indexes' image
+    roots and the MLflow store belong to the project folder all the same."""
+    notebooks = kedro_project / "notebooks"
+    notebooks.mkdir()
+    monkeypatch.chdir(notebooks)
+    run_pipeline(kedro_project, "prepare")
+    assert Path.cwd() == kedro_project.resolve()
+    assert not any(notebooks.iterdir())  # no notebooks/data, no notebooks/mlflow.db
+    index = json.loads((kedro_project / "data" / "05_model_input" / "val_samples.json").read_text())
+    assert (kedro_project / index["image_root"] / index["samples"][0]["image"]).is_file()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -13,8 +15,38 @@ from pnfs_pipeline.keypoints import KeypointSpec
 logger = logging.getLogger(__name__)
 
 
+class DecodedImages(Mapping):
+    """RGB images by name, decoded when asked for, the last ``keep`` of them kept: a folder of
+    photos need not fit in memory at once (a 12-megapixel photo decodes to 36 MB)."""
+
+    def __init__(self, loaders: Mapping[str, Callable[[], np.ndarray]], keep: int = 4) -> None:
+        self._loaders = dict(loaders)
+        self._keep = keep
+        self._recent: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        image = self._recent.get(name)
+        if image is None:
+            image = self._loaders[name]()
+            self._recent[name] = image
+            if len(self._recent) > self._keep:
+                self._recent.popitem(last=False)
+        else:
+            self._recent.move_to_end(name)
+        return image
+
+    def __contains__(self, name: object) -> bool:  # without decoding (Mapping's would)
+        return name in self._loaders
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._loaders)
+
+    def __len__(self) -> int:
+        return len(self._loaders)
+
+
 def image_samples(
-    images: dict[str, np.ndarray],
+    images: Mapping[str, np.ndarray],
     boxes: list[dict[str, Any]] | None,
     spec: KeypointSpec,
     aspect_ratio: float,

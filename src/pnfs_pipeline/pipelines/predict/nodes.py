@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import functools
 import logging
 from collections.abc import Callable
 from pathlib import PurePosixPath
@@ -9,13 +11,14 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from PIL import Image
 
 from pnfs_pipeline.config import PredictParams, SampleParams, parse_params
 from pnfs_pipeline.data.coco import load_json
-from pnfs_pipeline.data.dataset import TopDownDataset
+from pnfs_pipeline.data.dataset import ImageReadError, TopDownDataset
 from pnfs_pipeline.engine.trainer import resolve_device
 from pnfs_pipeline.evaluation.coco_eval import rescore
-from pnfs_pipeline.evaluation.images import image_samples
+from pnfs_pipeline.evaluation.images import DecodedImages, image_samples
 from pnfs_pipeline.evaluation.predict import predict_dataset
 from pnfs_pipeline.keypoints import keypoint_spec_from_dict
 from pnfs_pipeline.nas.derived import network_from_checkpoint
@@ -29,11 +32,15 @@ def _stem(name: str) -> str:
     return str(PurePosixPath(name).with_suffix(""))
 
 
-def _overlay_name(name: str, stems: list[str]) -> str:
+def _overlay_name(name: str, stems: collections.Counter) -> str:
     """The image's stem, or stem and extension where two images share a stem (a.jpg, a.png); an
     image in a subfolder keeps its subfolder."""
     stem = _stem(name)
-    return stem if stems.count(stem) == 1 else f"{stem}_{PurePosixPath(name).suffix.lstrip('.')}"
+    return stem if stems[stem] == 1 else f"{stem}_{PurePosixPath(name).suffix.lstrip('.')}"
+
+
+def _overlay(images: DecodedImages, name: str, people: list[np.ndarray], spec: Any, vis_threshold: float) -> Figure:
+    return plot_people_overlay(images[name], people, spec, name, vis_threshold)
 
 
 def _visible(name: str) -> bool:
@@ -41,17 +48,40 @@ def _visible(name: str) -> bool:
     return not any(part.startswith(".") for part in PurePosixPath(name).parts)
 
 
+def _is_image_file(name: str) -> bool:
+    """A file name with an extension Pillow reads (a boxes file or notes may share the folder)."""
+    return PurePosixPath(name).suffix.lower() in Image.registered_extensions()
+
+
+def _decoder(name: str, load: Callable[[], Any]) -> Callable[[], np.ndarray]:
+    def decode() -> np.ndarray:
+        try:
+            return np.asarray(load().convert("RGB"))
+        except Exception as error:  # Kedro's DatasetError, or Pillow's on a truncated file
+            raise ImageReadError(f"predict_images/{name}: cannot be read as an image ({error})") from error
+
+    return decode
+
+
 def predict_images(
     images: dict[str, Callable[[], Any]], retrained_checkpoint: dict[str, Any], predict: dict[str, Any]
-) -> tuple[list[dict[str, Any]], dict[str, Figure]]:
+) -> tuple[list[dict[str, Any]], dict[str, Callable[[], Figure]]]:
     """Keypoints (COCO results format, plus each image's file name) and one overlay per image
-    with people (with a boxes file, images without a box get neither)."""
+    with people (with a boxes file, images without a box get neither). Images are decoded when
+    needed and overlays drawn as they are saved, so the folder need not fit in memory."""
     params = parse_params(PredictParams, predict, "predict")
     # Images are named by their path under the folder, so a/1.jpg and b/1.jpg stay apart.
     images = {name: load for name, load in images.items() if _visible(name)}
+    others = sorted(name for name in images if not _is_image_file(name))
+    if others:
+        logger.warning(
+            "predict: %d file(s) without an image extension left out: %s%s",
+            len(others), ", ".join(others[:5]), " ..." if len(others) > 5 else "",
+        )
+    images = {name: load for name, load in images.items() if _is_image_file(name)}
     if not images:
         raise ValueError("no images to predict on: put images in data/01_raw/predict_images (see README)")
-    loaded = {name: np.asarray(load().convert("RGB")) for name, load in sorted(images.items())}
+    loaded = DecodedImages({name: _decoder(name, load) for name, load in sorted(images.items())})
     network = network_from_checkpoint(retrained_checkpoint, "retrained_checkpoint")
     config = retrained_checkpoint["config"]
     spec = keypoint_spec_from_dict(config["keypoint_spec"], source="retrained_checkpoint")
@@ -84,9 +114,11 @@ def predict_images(
             }
         )
         per_image.setdefault(record["image"], []).append(predictions["keypoints"][i])
-    stems = [_stem(name) for name in loaded]
+    stems = collections.Counter(_stem(name) for name in loaded)
     overlays = {
-        _overlay_name(name, stems): plot_people_overlay(loaded[name], people, spec, name, params.vis_threshold)
+        _overlay_name(name, stems): functools.partial(
+            _overlay, loaded, name, people, spec, params.vis_threshold
+        )
         for name, people in per_image.items()
     }
     logger.info("predicted %d people in %d images", len(results), len(loaded))
