@@ -61,3 +61,12 @@ def test_a_rank_that_cannot_switch_mlflow_off_says_so(monkeypatch, caplog):
     with caplog.at_level("WARNING", logger="pnfs_pipeline.hooks"):
         DistributedRankHooks().before_pipeline_run({"pipeline_names": ["prepare"]}, None, None)
     assert "rank 1: could not switch kedro-mlflow off" in caplog.text
+
+
+def test_metric_names_read_as_mlflow_allows_them():
+    from pnfs_pipeline.pipelines.tracking import metric_name
+
+    assert metric_name("eval_AP (M)") == "eval_AP M"
+    assert metric_name("eval_AP .5") == "eval_AP .5"
+    assert metric_name("eval_per_part_AP/head") == "eval_per_part_AP/head"
+    assert metric_name("search_loss[part=1]") == "search_loss_part_1_"

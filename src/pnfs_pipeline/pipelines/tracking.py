@@ -10,8 +10,9 @@ logger = logging.getLogger(__name__)
 
 
 def metric_name(name: str) -> str:
-    """MLflow accepts letters, digits, '_', '-', '.', ' ', ':' and '/' in metric names."""
-    return re.sub(r"[^\w\-. :/]", "_", name)
+    """MLflow accepts letters, digits, '_', '-', '.', ' ', ':' and '/' in metric names: COCO's
+    "AP (M)" becomes "AP M", anything else outside that set an underscore."""
+    return re.sub(r"[^\w\-. :/]", "_", re.sub(r"\((\w+)\)", r"\1", name))
 
 
 def _flat_numbers(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
