@@ -15,11 +15,14 @@ from pnfs_pipeline.evaluation.coco_eval import (
     soft_oks_nms,
 )
 from pnfs_pipeline.evaluation.decode import (
+    argmax_coordinates,
     crop_scale_to_reference,
+    dark_refine,
     decode_heatmaps,
     exact_flip_shift,
     flip_back,
     heatmap_to_image,
+    quarter_offset,
 )
 from pnfs_pipeline.evaluation.images import image_samples
 from pnfs_pipeline.evaluation.pckh import pckh, pckh_table
@@ -68,6 +71,57 @@ def test_dark_falls_back_to_the_quarter_pixel_rule_where_its_step_cannot_be_take
     argmax, _ = decode_heatmaps(maps[None], "argmax")
     np.testing.assert_array_equal(dark[0], argmax[0])
     np.testing.assert_array_equal(dark[0], [[0.0, 10.0], [1.0, 7.0]])  # on the peak's pixel, as the reference
+
+
+def _dark_one_keypoint_at_a_time(heatmaps, coords, kernel):
+    """DARK as written for one heatmap at a time (cv2's blur, numpy's solve): the reference the
+    batched decoder must match."""
+    import cv2
+
+    n, k, h, w = heatmaps.shape
+    refined = quarter_offset(heatmaps, coords)
+    for b in range(n):
+        for j in range(k):
+            peak = heatmaps[b, j].max()
+            x, y = int(coords[b, j, 0]), int(coords[b, j, 1])
+            if peak <= 0 or not (1 < x < w - 2 and 1 < y < h - 2):
+                continue
+            smoothed = heatmaps[b, j].astype(np.float64)
+            if kernel > 1:
+                smoothed = cv2.GaussianBlur(smoothed, (kernel, kernel), 0, borderType=cv2.BORDER_CONSTANT)
+                smoothed *= peak / max(smoothed.max(), 1e-12)
+            log = np.log(np.maximum(smoothed, 1e-10))
+            dx, dy = 0.5 * (log[y, x + 1] - log[y, x - 1]), 0.5 * (log[y + 1, x] - log[y - 1, x])
+            dxx = 0.25 * (log[y, x + 2] - 2 * log[y, x] + log[y, x - 2])
+            dyy = 0.25 * (log[y + 2, x] - 2 * log[y, x] + log[y - 2, x])
+            dxy = 0.25 * (log[y + 1, x + 1] - log[y - 1, x + 1] - log[y + 1, x - 1] + log[y - 1, x - 1])
+            hessian = np.array([[dxx, dxy], [dxy, dyy]])
+            if abs(np.linalg.det(hessian)) < 1e-12:
+                continue
+            step = -np.linalg.solve(hessian, np.array([dx, dy]))
+            if np.all(np.abs(step) <= 1.0):
+                refined[b, j] = coords[b, j] + step
+    return refined
+
+
+@pytest.mark.parametrize("kernel", [1, 3, 5, 11])
+@pytest.mark.parametrize("size", [(18, 24), (48, 64)])
+def test_batched_dark_equals_dark_one_keypoint_at_a_time(kernel, size):
+    rng = np.random.default_rng(kernel)
+    width, height = size
+    maps = []
+    for _ in range(6):
+        truth = np.column_stack([rng.uniform(-1, width, 17), rng.uniform(-1, height, 17), np.full(17, 2.0)])
+        person, _ = gaussian_heatmaps(truth, (width, height), sigma=rng.uniform(1.0, 2.5))
+        maps.append(person + rng.normal(0, 0.02, person.shape))  # a network's heatmaps are not clean
+    maps = np.stack(maps)
+    maps[0, 3] = 0.0  # nothing found
+    coords, _ = argmax_coordinates(maps)
+    expected = _dark_one_keypoint_at_a_time(maps, coords, kernel)
+    got = dark_refine(maps, coords, kernel)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-9)
+    moved = np.abs(got - quarter_offset(maps, coords)).max(axis=-1) > 1e-6
+    assert 0 < moved.sum() < moved.size  # DARK steps taken, and fallbacks to the quarter pixel
 
 
 def test_dark_rejects_an_even_smoothing_window():

@@ -49,41 +49,58 @@ def quarter_offset(heatmaps: np.ndarray, coords: np.ndarray) -> np.ndarray:
     return refined
 
 
+def _gaussian_blur_zero_border(maps: np.ndarray, kernel: int) -> np.ndarray:
+    """``cv2.GaussianBlur`` (sigma from the window, zero border) of every ``(N, K, H, W)`` map.
+    One call a map (~10 us at 64x48): stacking them as channels costs more in the transposes."""
+    blurred = np.empty_like(maps)
+    for flat_in, flat_out in zip(maps.reshape(-1, *maps.shape[2:]), blurred.reshape(-1, *maps.shape[2:]), strict=True):
+        cv2.GaussianBlur(flat_in, (kernel, kernel), 0, dst=flat_out, borderType=cv2.BORDER_CONSTANT)
+    return blurred
+
+
 def dark_refine(heatmaps: np.ndarray, coords: np.ndarray, kernel: int = 3) -> np.ndarray:
     """DARK (Zhang et al. 2020): a Newton step on the log of the Gaussian-smoothed heatmap.
 
     ``kernel`` is the smoothing window (odd; 1 = no smoothing). DARK's 11 suits 64x48 heatmaps;
     on the default's 24x18 it over-smooths and scored below the plain argmax, while 3 or 5 beat
     the argmax by 0.02-0.04 AP on four retrained networks (measured). Peaks too close to the
-    border for the step, or whose step leaves the pixel, get the quarter-pixel rule.
+    border for the step, or whose step leaves the pixel, get the quarter-pixel rule. Every
+    keypoint of the batch at once (a loop over them took 0.8 ms a person at 64x48).
     """
     if kernel < 1 or kernel % 2 == 0:
         raise ValueError(f"the DARK smoothing kernel must be a positive odd number, got {kernel}")
     n, k, h, w = heatmaps.shape
     refined = quarter_offset(heatmaps, coords)
-    for b in range(n):
-        for j in range(k):
-            peak = heatmaps[b, j].max()
-            x, y = int(coords[b, j, 0]), int(coords[b, j, 1])
-            if peak <= 0 or not (1 < x < w - 2 and 1 < y < h - 2):
-                continue
-            smoothed = heatmaps[b, j].astype(np.float64)
-            if kernel > 1:
-                # Zero padding: reflecting at the border would add mirrored mass and pull peaks inward.
-                smoothed = cv2.GaussianBlur(smoothed, (kernel, kernel), 0, borderType=cv2.BORDER_CONSTANT)
-                smoothed *= peak / max(smoothed.max(), 1e-12)
-            log = np.log(np.maximum(smoothed, 1e-10))
-            dx = 0.5 * (log[y, x + 1] - log[y, x - 1])
-            dy = 0.5 * (log[y + 1, x] - log[y - 1, x])
-            dxx = 0.25 * (log[y, x + 2] - 2 * log[y, x] + log[y, x - 2])
-            dyy = 0.25 * (log[y + 2, x] - 2 * log[y, x] + log[y - 2, x])
-            dxy = 0.25 * (log[y + 1, x + 1] - log[y - 1, x + 1] - log[y + 1, x - 1] + log[y - 1, x - 1])
-            hessian = np.array([[dxx, dxy], [dxy, dyy]])
-            if abs(np.linalg.det(hessian)) < 1e-12:
-                continue
-            step = -np.linalg.solve(hessian, np.array([dx, dy]))
-            if np.all(np.abs(step) <= 1.0):
-                refined[b, j] = coords[b, j] + step
+    if n == 0 or h < 5 or w < 5:
+        return refined
+    maps = heatmaps.astype(np.float64)
+    peaks = maps.max(axis=(2, 3))
+    smoothed = maps
+    if kernel > 1:
+        # Zero padding: reflecting at the border would add mirrored mass and pull peaks inward.
+        smoothed = _gaussian_blur_zero_border(maps, kernel)
+        smoothed *= (peaks / np.maximum(smoothed.max(axis=(2, 3)), 1e-12))[..., None, None]
+    x = coords[..., 0].astype(int)
+    y = coords[..., 1].astype(int)
+    usable = (peaks > 0) & (x > 1) & (x < w - 2) & (y > 1) & (y < h - 2)
+    xs, ys = np.clip(x, 2, w - 3), np.clip(y, 2, h - 3)  # in range for the stencil; masked after
+    batch, joint = np.meshgrid(np.arange(n), np.arange(k), indexing="ij")
+
+    def log_at(dx: int, dy: int) -> np.ndarray:
+        return np.log(np.maximum(smoothed[batch, joint, ys + dy, xs + dx], 1e-10))
+
+    centre = log_at(0, 0)
+    gx = 0.5 * (log_at(1, 0) - log_at(-1, 0))
+    gy = 0.5 * (log_at(0, 1) - log_at(0, -1))
+    dxx = 0.25 * (log_at(2, 0) - 2 * centre + log_at(-2, 0))
+    dyy = 0.25 * (log_at(0, 2) - 2 * centre + log_at(0, -2))
+    dxy = 0.25 * (log_at(1, 1) - log_at(1, -1) - log_at(-1, 1) + log_at(-1, -1))
+    det = dxx * dyy - dxy * dxy
+    usable &= np.abs(det) >= 1e-12
+    safe = np.where(usable, det, 1.0)
+    step = np.stack([-(dyy * gx - dxy * gy) / safe, -(dxx * gy - dxy * gx) / safe], axis=-1)
+    usable &= np.all(np.abs(step) <= 1.0, axis=-1)
+    refined[usable] = coords[usable] + step[usable]
     return refined
 
 
