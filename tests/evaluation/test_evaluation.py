@@ -418,6 +418,9 @@ def test_ground_truth_as_predictions_scores_ap_one():
     stats = evaluate_coco(gt, results, np.asarray(COCO.sigmas))
     assert stats["AP"] == pytest.approx(1.0) and stats["AR"] == pytest.approx(1.0)
     assert evaluate_coco(gt, results, np.asarray(COCO.sigmas), keypoint_subset=[9, 10])["AP"] == pytest.approx(1.0)
+    # the results (saved as val_keypoint_results.json) keep the COCO results format: pycocotools
+    # adds bbox, area and id to the records it is given
+    assert {frozenset(r) for r in results} == {frozenset({"image_id", "category_id", "keypoints", "score"})}
     shifted = [dict(r, keypoints=(np.asarray(r["keypoints"]) + np.tile([15.0, 0.0, 0.0], 17)).tolist()) for r in results]
     assert evaluate_coco(gt, shifted, np.asarray(COCO.sigmas))["AP"] < 0.5
 

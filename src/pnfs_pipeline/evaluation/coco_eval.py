@@ -176,7 +176,7 @@ def evaluate_coco(
         coco = COCO()
         coco.dataset = gt
         coco.createIndex()
-        detections = coco.loadRes(results)
+        detections = coco.loadRes([dict(result) for result in results])  # it adds bbox, area, id to each
         evaluator = COCOeval(coco, detections, "keypoints")
         evaluator.params.kpt_oks_sigmas = np.asarray(sigmas, dtype=float)
         evaluator.params.useSegm = None
