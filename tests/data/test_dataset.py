@@ -184,3 +184,16 @@ def test_crops_prepared_for_another_input_shape_are_refused(train_index):
     with pytest.raises(ValueError, match=r"coco-train: 4 of 4 crops were prepared for another input shape .* not this network's 64x64 .* run the prepare pipeline again"):
         TopDownDataset(train_index, square)
     TopDownDataset(train_index, SampleParams(input_size=(96, 128), heatmap_size=(24, 32)))  # same shape, other size
+
+
+def test_caching_every_image_of_a_big_dataset_is_warned_about(train_index, monkeypatch, caplog):
+    import pnfs_pipeline.data.dataset as dataset_module
+
+    monkeypatch.setattr(dataset_module, "CACHE_WARNING_IMAGES", 1)
+    cached = SAMPLE.model_copy(update={"cache_images": True})
+    with caplog.at_level("WARNING"):
+        TopDownDataset(train_index, SAMPLE)
+        assert "cache_images" not in caplog.text
+        TopDownDataset(train_index, cached)
+    images = len({record["image"] for record in train_index["samples"]})
+    assert f"sample.cache_images keeps every decoded image in memory, in each loader process: {images} images" in caplog.text

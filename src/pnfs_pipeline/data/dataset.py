@@ -105,6 +105,8 @@ class PackedRecords(Sequence):
 # one after another in evaluation (see images_in_order), so each image is decoded once, not once
 # per person (COCO val2017's detection boxes: 21 a image on average).
 RECENT_IMAGES = 4
+# Images beyond which caching every decoded one is worth a warning (~20 GB at 640x480).
+CACHE_WARNING_IMAGES = 20_000
 
 
 class TopDownDataset(Dataset):
@@ -137,6 +139,14 @@ class TopDownDataset(Dataset):
         self._sigmas = keypoint_sigmas(self.spec, sample.sigma, sample.keypoint_sigmas)
         self._joint_weights = np.asarray(self.spec.joint_weights) if sample.use_joint_weights else None
         self._decoded: dict[str, np.ndarray] | None = {} if sample.cache_images and images is None else None
+        if self._decoded is not None:
+            count = len({record["image"] for record in index["samples"]})
+            if count > CACHE_WARNING_IMAGES:
+                logger.warning(
+                    "sample.cache_images keeps every decoded image in memory, in each loader process: %d images of "
+                    "%s (COCO train2017 decoded: ~100 GB); set it false for a dataset this size (conf/coco does)",
+                    count, index.get("dataset", "the sample index"),
+                )
         self._recent: OrderedDict[str, np.ndarray] = OrderedDict()
 
     @staticmethod
