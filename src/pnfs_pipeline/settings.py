@@ -1,6 +1,12 @@
 """Project settings (see Kedro's configuration docs for what can be set here)."""
 
+import warnings
+
 from kedro.config import OmegaConfigLoader  # noqa: F401
+
+# Kedro 1.7 and kedro-mlflow register their resolvers with the OmegaConf call OmegaConf 2.4
+# deprecates: three warnings of theirs before every run, about nothing this project can change.
+warnings.filterwarnings("ignore", message=r"register_new_resolver\(\) is deprecated", category=UserWarning)
 
 CONFIG_LOADER_ARGS = {
     "base_env": "base",

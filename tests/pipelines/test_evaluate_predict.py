@@ -142,6 +142,7 @@ def test_the_command_line_shows_a_missing_step_or_a_bad_name_as_one_line(kedro_p
         assert result.returncode == 1
         assert message in result.stderr, result.stderr[-2000:]
         assert "Traceback" not in result.stderr and "╭" not in result.stderr
+        assert "register_new_resolver" not in result.stdout + result.stderr  # dependencies' deprecation, filtered
 
 
 def test_mpii_evaluation_reports_pckh(kedro_project):
