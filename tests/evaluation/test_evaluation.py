@@ -120,6 +120,10 @@ def test_batched_dark_equals_dark_one_keypoint_at_a_time(kernel, size):
     expected = _dark_one_keypoint_at_a_time(maps, coords, kernel)
     got = dark_refine(maps, coords, kernel)
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-9)
+    # the maps of a channels_last network (predict_dataset runs CPU networks so), as numpy sees them
+    channels_last = torch.from_numpy(maps).contiguous(memory_format=torch.channels_last).numpy()
+    assert not channels_last.flags.c_contiguous
+    np.testing.assert_allclose(dark_refine(channels_last, coords, kernel), expected, rtol=0, atol=1e-9)
     moved = np.abs(got - quarter_offset(maps, coords)).max(axis=-1) > 1e-6
     assert 0 < moved.sum() < moved.size  # DARK steps taken, and fallbacks to the quarter pixel
 

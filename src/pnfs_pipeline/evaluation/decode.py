@@ -52,9 +52,9 @@ def quarter_offset(heatmaps: np.ndarray, coords: np.ndarray) -> np.ndarray:
 def _gaussian_blur_zero_border(maps: np.ndarray, kernel: int) -> np.ndarray:
     """``cv2.GaussianBlur`` (sigma from the window, zero border) of every ``(N, K, H, W)`` map.
     One call a map (~10 us at 64x48): stacking them as channels costs more in the transposes."""
-    blurred = np.empty_like(maps)
-    for flat_in, flat_out in zip(maps.reshape(-1, *maps.shape[2:]), blurred.reshape(-1, *maps.shape[2:]), strict=True):
-        cv2.GaussianBlur(flat_in, (kernel, kernel), 0, dst=flat_out, borderType=cv2.BORDER_CONSTANT)
+    blurred = np.empty(maps.shape, dtype=maps.dtype)
+    for b, j in np.ndindex(*maps.shape[:2]):
+        blurred[b, j] = cv2.GaussianBlur(maps[b, j], (kernel, kernel), 0, borderType=cv2.BORDER_CONSTANT)
     return blurred
 
 
@@ -73,7 +73,7 @@ def dark_refine(heatmaps: np.ndarray, coords: np.ndarray, kernel: int = 3) -> np
     refined = quarter_offset(heatmaps, coords)
     if n == 0 or h < 5 or w < 5:
         return refined
-    maps = heatmaps.astype(np.float64)
+    maps = np.ascontiguousarray(heatmaps, dtype=np.float64)  # a channels_last network's maps too
     peaks = maps.max(axis=(2, 3))
     smoothed = maps
     if kernel > 1:
