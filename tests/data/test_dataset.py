@@ -118,11 +118,13 @@ def test_records_are_packed_and_read_back_equal(train_index):
     records = train_index["samples"]
     packed = PackedRecords(records)
     assert len(packed) == len(records) and list(packed) == records
-    assert packed[-1] == records[-1] and packed[np.int64(1)] == records[1]
+    assert packed[-1] == records[-1] and packed[np.int64(1)] == records[1] and packed[np.int8(-1)] == records[-1]
     packed[0]["keypoints"][0][0] = -5.0  # a copy: the packed bytes do not change
     assert packed[0] == records[0]
     with pytest.raises(IndexError, match=f"record {len(records)} of {len(records)}"):
         packed[len(records)]
+    with pytest.raises(IndexError, match=f"record {-len(records) - 1} of {len(records)}"):
+        packed[-len(records) - 1]
     with pytest.raises(TypeError, match="one at a time"):
         packed[0:2]
     assert len(PackedRecords([])) == 0 and list(PackedRecords([])) == []

@@ -8,6 +8,7 @@ where ``samples`` are :class:`~pnfs_pipeline.data.records.PersonRecord` dicts. I
 from __future__ import annotations
 
 import logging
+import operator
 import pickle
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -89,13 +90,13 @@ class PackedRecords(Sequence):
         return len(self._offsets) - 1
 
     def __getitem__(self, index: int) -> dict[str, Any]:  # type: ignore[override]
-        if not isinstance(index, (int, np.integer)):
+        if isinstance(index, slice) or not hasattr(index, "__index__"):
             raise TypeError(f"records are read one at a time, by integer index, not {type(index).__name__}")
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(f"record {index} of {len(self)}")
-        return pickle.loads(self._bytes[self._offsets[index] : self._offsets[index + 1]].tobytes())
+        asked = operator.index(index)  # a Python int: numpy's small integers would overflow below
+        position = asked + len(self) if asked < 0 else asked
+        if not 0 <= position < len(self):
+            raise IndexError(f"record {asked} of {len(self)}")
+        return pickle.loads(self._bytes[self._offsets[position] : self._offsets[position + 1]].tobytes())
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return (self[i] for i in range(len(self)))
