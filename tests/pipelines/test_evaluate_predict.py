@@ -176,3 +176,40 @@ def test_overlay_titles_give_the_score_coco_ranks_people_by(coco_root):
     titles = [axis.get_title() for axis in figure.axes if axis.get_title()]
     assert len(titles) == count
     assert all(title.endswith("score 0.45") for title in titles), titles  # 0.5 x 0.9, not the mean 0.29
+
+
+def test_predict_decodes_each_image_a_few_times_not_once_per_crop(monkeypatch):
+    """Images are decoded on demand (a folder of photos need not fit in memory), but a batch's
+    images stay decoded while every crop scale reads them: one decode for the image's size, one
+    for the crops, one for the overlay drawn as it is saved."""
+    import collections
+
+    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    import pnfs_pipeline.pipelines.predict.nodes as nodes
+    from pnfs_pipeline.keypoints import load_keypoint_spec
+    from tests.evaluation.test_evaluation import _BrightnessAtStride
+
+    monkeypatch.setattr(nodes, "network_from_checkpoint", lambda checkpoint, source: _BrightnessAtStride())
+    decodes = collections.Counter()
+
+    def loader(name):
+        def load():
+            decodes[name] += 1
+            return Image.fromarray(np.full((96, 72, 3), 40, np.uint8))
+
+        return load
+
+    images = {f"{i:02d}.jpg": loader(f"{i:02d}.jpg") for i in range(9)}
+    checkpoint = {"config": {"keypoint_spec": load_keypoint_spec("coco").to_dict(), "sample": {"input_size": [48, 64], "heatmap_size": [12, 16]}}}
+    params = {"batch_size": 8, "crop_scales": [1.0, 0.9, 0.8], "device": "cpu"}
+    results, overlays = nodes.predict_images(images, checkpoint, params)
+    assert len(results) == 9 and sorted(decodes) == sorted(images)
+    assert max(decodes.values()) <= 2  # its size, its crops at three scales
+    for make in overlays.values():  # as Kedro's PartitionedDataset saves them, one at a time
+        figure = make()
+        assert isinstance(figure, Figure)
+        plt.close(figure)
+    assert max(decodes.values()) <= 3

@@ -81,7 +81,11 @@ def predict_images(
     images = {name: load for name, load in images.items() if _is_image_file(name)}
     if not images:
         raise ValueError("no images to predict on: put images in data/01_raw/predict_images (see README)")
-    loaded = DecodedImages({name: _decoder(name, load) for name, load in sorted(images.items())})
+    # A batch's images stay decoded while every crop scale reads them; each image is decoded
+    # once more for its size (without a boxes file) and once for its overlay.
+    loaded = DecodedImages(
+        {name: _decoder(name, load) for name, load in sorted(images.items())}, keep=params.batch_size + 1
+    )
     network = network_from_checkpoint(retrained_checkpoint, "retrained_checkpoint")
     config = retrained_checkpoint["config"]
     spec = keypoint_spec_from_dict(config["keypoint_spec"], source="retrained_checkpoint")
