@@ -11,7 +11,7 @@ import logging
 import operator
 import pickle
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +102,25 @@ class PackedRecords(Sequence):
         return (self[i] for i in range(len(self)))
 
 
+class RecentImages:
+    """The last ``keep`` decoded images, by name."""
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self._images: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def get(self, name: str, decode: Callable[[], np.ndarray]) -> np.ndarray:
+        """The image ``name``, decoded by ``decode`` unless it is among the last ``keep``."""
+        image = self._images.get(name)
+        if image is None:
+            image = self._images[name] = decode()
+            if len(self._images) > self.keep:
+                self._images.popitem(last=False)
+        else:
+            self._images.move_to_end(name)
+        return image
+
+
 # Decoded images a dataset keeps when it does not cache them all: the crops of one image come
 # one after another in evaluation (see images_in_order), so each image is decoded once, not once
 # per person (COCO val2017's detection boxes: 21 a image on average).
@@ -148,7 +167,7 @@ class TopDownDataset(Dataset):
                     "%s (COCO train2017 decoded: ~100 GB); set it false for a dataset this size (conf/coco does)",
                     count, index.get("dataset", "the sample index"),
                 )
-        self._recent: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._recent = RecentImages(RECENT_IMAGES)
 
     @staticmethod
     def _check_crop_shape(records: Sequence[dict[str, Any]], sample: SampleParams, name: str) -> None:
@@ -199,17 +218,6 @@ class TopDownDataset(Dataset):
             crop = CropParams(mirrored, crop.size, crop.rotation, True)
         return crop
 
-    def _recent_image(self, name: str) -> np.ndarray:
-        image = self._recent.get(name)
-        if image is None:
-            image = read_rgb_image(self.image_root / name)
-            self._recent[name] = image
-            if len(self._recent) > RECENT_IMAGES:
-                self._recent.popitem(last=False)
-        else:
-            self._recent.move_to_end(name)
-        return image
-
     def images_in_order(self) -> list[int]:
         """Every sample index, the crops of each image together (images in the order of their
         first crop, crops in index order): the identity where the index already groups them."""
@@ -228,7 +236,7 @@ class TopDownDataset(Dataset):
             if image is None:
                 image = self._decoded[record["image"]] = read_rgb_image(self.image_root / record["image"])
         else:
-            image = self._recent_image(record["image"])
+            image = self._recent.get(record["image"], lambda: read_rgb_image(self.image_root / record["image"]))
         original_keypoints = np.asarray(record["keypoints"], dtype=np.float64)
         keypoints = original_keypoints
         crop = self.crop_params(idx, keypoints, image.shape[1], record)

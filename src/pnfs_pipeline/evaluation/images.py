@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
+from pnfs_pipeline.data.dataset import RecentImages
 from pnfs_pipeline.data.records import BadInputError, all_finite, box_to_center_size
 from pnfs_pipeline.keypoints import KeypointSpec
 
@@ -21,19 +21,10 @@ class DecodedImages(Mapping):
 
     def __init__(self, loaders: Mapping[str, Callable[[], np.ndarray]], keep: int = 4) -> None:
         self._loaders = dict(loaders)
-        self._keep = keep
-        self._recent: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._recent = RecentImages(keep)
 
     def __getitem__(self, name: str) -> np.ndarray:
-        image = self._recent.get(name)
-        if image is None:
-            image = self._loaders[name]()
-            self._recent[name] = image
-            if len(self._recent) > self._keep:
-                self._recent.popitem(last=False)
-        else:
-            self._recent.move_to_end(name)
-        return image
+        return self._recent.get(name, self._loaders[name])
 
     def __contains__(self, name: object) -> bool:  # without decoding (Mapping's would)
         return name in self._loaders
