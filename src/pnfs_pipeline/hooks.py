@@ -101,11 +101,7 @@ class UpstreamCheckHooks:
 
     @hook_impl(tryfirst=True)  # before kedro-mlflow opens a run, which would stay recorded FINISHED
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Pipeline, catalog: Any) -> None:
-        missing = [
-            name
-            for name in sorted(pipeline.inputs())
-            if not name.startswith("params:") and name != "parameters" and not catalog.exists(name)
-        ]
+        missing = _missing_inputs(pipeline, catalog)
         if not missing:
             return
         registered = lifecycle_pipelines()
@@ -113,24 +109,28 @@ class UpstreamCheckHooks:
         if producer is None:
             raise MissingUpstreamError(f"input '{dataset}' does not exist and no pipeline produces it")
         # The producer may lack inputs of its own: name every stage to run, earliest first.
-        stages = [producer]
+        earliest = producer
         while True:
-            earlier = [
-                name for name in sorted(registered[stages[0]].inputs())
-                if not name.startswith("params:") and name != "parameters" and not catalog.exists(name)
-            ]
-            upstream, _ = _latest_producer(earlier, registered)
-            if upstream is None or LIFECYCLE.index(upstream) >= LIFECYCLE.index(stages[0]):
+            upstream, _ = _latest_producer(_missing_inputs(registered[earliest], catalog), registered)
+            if upstream is None or LIFECYCLE.index(upstream) >= LIFECYCLE.index(earliest):
                 break
-            stages.insert(0, upstream)
-        first = LIFECYCLE.index(stages[0])
-        stages = list(LIFECYCLE[first : LIFECYCLE.index(producer) + 1])
+            earliest = upstream
+        stages = LIFECYCLE[LIFECYCLE.index(earliest) : LIFECYCLE.index(producer) + 1]
         if len(stages) == 1:
             raise MissingUpstreamError(f"'{dataset}' does not exist yet: run `kedro run --pipelines={producer}` first")
         raise MissingUpstreamError(
             f"'{dataset}' does not exist yet: run `kedro run --pipelines={','.join(stages)}` first "
             f"(the {producer} pipeline's own inputs are missing too)"
         )
+
+
+def _missing_inputs(pipeline: Pipeline, catalog: Any) -> list[str]:
+    """The pipeline's dataset inputs that do not exist yet (parameters aside)."""
+    return [
+        name
+        for name in sorted(pipeline.inputs())
+        if not name.startswith("params:") and name != "parameters" and not catalog.exists(name)
+    ]
 
 
 def _latest_producer(missing: list[str], registered: dict[str, Pipeline]) -> tuple[str | None, str | None]:
