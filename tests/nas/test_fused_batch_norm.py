@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import pickle
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -193,6 +196,37 @@ def test_switched_modules_train_like_the_originals_and_keep_their_state_dict():
         use_fused_batch_norm(plain_switched)
         nchw = torch.randn(2, 3, 6, 5)
         assert torch.equal(plain(nchw), plain_switched(nchw))
+
+
+@needs_kernel
+def test_a_switched_timm_module_survives_pickling():
+    """A spawned worker's payload is pickled: the fused subclass, made on first use, must be found
+    again by name in a fresh process."""
+    module = BatchNormAct2d(8, act_layer=nn.ReLU)
+    use_fused_batch_norm(module)
+    restored = pickle.loads(pickle.dumps(module))
+    assert type(restored) is FusedBatchNormAct2d
+    code = (
+        "import pickle, sys; restored = pickle.loads(sys.stdin.buffer.read()); "
+        "print(type(restored).__module__, type(restored).__qualname__)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], input=pickle.dumps(module), capture_output=True, timeout=120)
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    assert result.stdout.decode().split() == ["pnfs_pipeline.nas.fused_batch_norm", "FusedBatchNormAct2d"]
+
+
+def test_the_pipelines_import_without_timm():
+    """timm (with torchvision and torch._dynamo) takes seconds to import; every command and
+    spawned worker would pay them for backbones that are not timm's."""
+    code = (
+        "import sys; import pnfs_pipeline.pipeline_registry, pnfs_pipeline.hooks, pnfs_pipeline.engine.trainer; "
+        "import pnfs_pipeline.pipelines.search.nodes, pnfs_pipeline.pipelines.evaluate.nodes; "
+        "from pnfs_pipeline.nas.supernet import PartSupernet; "
+        "print(sorted(m for m in ('timm', 'torchvision', 'torch._dynamo') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"
 
 
 @needs_kernel

@@ -11,7 +11,6 @@ import functools
 import logging
 from pathlib import Path
 
-import timm
 import torch
 from torch import nn
 
@@ -33,6 +32,8 @@ class TimmFeatures(Backbone):
 
     def __init__(self, model_name: str) -> None:
         super().__init__()
+        import timm  # on first use: its import takes seconds (see nas/fused_batch_norm.py)
+
         self.body = timm.create_model(
             model_name, pretrained=False, features_only=True, out_indices=(1, 2, 3, 4)
         )
@@ -50,6 +51,8 @@ class HRNetStage3(Backbone):
 
     def __init__(self, model_name: str = "hrnet_w32") -> None:
         super().__init__()
+        import timm
+
         net = timm.create_model(model_name, pretrained=False)
         for unused in ("stage4", "incre_modules", "downsamp_modules", "final_layer", "classifier"):
             if hasattr(net, unused):

@@ -15,10 +15,11 @@ and running statistics.
 
 from __future__ import annotations
 
+import functools
 import logging
+import sys
 
 import torch
-from timm.layers import BatchNormAct2d
 from torch import nn
 
 from pnfs_pipeline.nas.native_kernels import (
@@ -178,20 +179,45 @@ def _activation_of(module: nn.Module) -> str | None:
     return None
 
 
-class FusedBatchNormAct2d(BatchNormAct2d):
-    """timm's BatchNorm + activation module, trained through the fused kernel where it can."""
+@functools.cache
+def _fused_batch_norm_act_class() -> type[nn.Module]:
+    """The fused subclass of timm's ``BatchNormAct2d``, made when first needed: importing timm
+    (torchvision and torch._dynamo behind it) takes ~2-3 s, which every command and every spawned
+    worker would otherwise pay for backbones that hold no timm module."""
+    from timm.layers import BatchNormAct2d
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        activation = _activation_of(self.act)
-        usable = activation is not None and type(self.drop) is nn.Identity
-        if not (usable and (self.training or self.running_mean is None) and can_fuse(x, True, *_tensors(self))):
-            return super().forward(x)
-        running_mean, running_var, _, momentum = running_statistics(self)
-        return fused_unchecked(x, self.weight, self.bias, running_mean, running_var, momentum, self.eps, activation)
+    class FusedBatchNormAct2d(BatchNormAct2d):
+        """timm's BatchNorm + activation module, trained through the fused kernel where it can."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            activation = _activation_of(self.act)
+            usable = activation is not None and type(self.drop) is nn.Identity
+            if not (usable and (self.training or self.running_mean is None) and can_fuse(x, True, *_tensors(self))):
+                return super().forward(x)
+            running_mean, running_var, _, momentum = running_statistics(self)
+            return fused_unchecked(x, self.weight, self.bias, running_mean, running_var, momentum, self.eps, activation)
+
+    # Found by pickle (a module of a spawned worker's payload) through the module's __getattr__.
+    FusedBatchNormAct2d.__module__, FusedBatchNormAct2d.__qualname__ = __name__, "FusedBatchNormAct2d"
+    return FusedBatchNormAct2d
+
+
+def __getattr__(name: str) -> type[nn.Module]:
+    if name == "FusedBatchNormAct2d":
+        return _fused_batch_norm_act_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _timm_batch_norm_act() -> type[nn.Module] | None:
+    """timm's ``BatchNormAct2d`` where timm is imported; where it is not, no module is one."""
+    layers = sys.modules.get("timm.layers")
+    return getattr(layers, "BatchNormAct2d", None)
 
 
 def uses_fused_kernel(module: nn.Module) -> bool:
-    return isinstance(module, (FusedBatchNorm2d, FusedBatchNormAct2d))
+    if isinstance(module, FusedBatchNorm2d):
+        return True
+    return _timm_batch_norm_act() is not None and isinstance(module, _fused_batch_norm_act_class())
 
 
 def use_fused_batch_norm(model: nn.Module) -> int:
@@ -201,13 +227,14 @@ def use_fused_batch_norm(model: nn.Module) -> int:
     """
     if load_kernels() is None:
         return 0
+    batch_norm_act = _timm_batch_norm_act()
     switched = 0
     for module in model.modules():
         if type(module) is nn.BatchNorm2d:
             module.__class__ = FusedBatchNorm2d
             switched += 1
-        elif type(module) is BatchNormAct2d:
-            module.__class__ = FusedBatchNormAct2d
+        elif batch_norm_act is not None and type(module) is batch_norm_act:
+            module.__class__ = _fused_batch_norm_act_class()
             switched += 1
     if switched:
         logger.debug("Fused CPU BatchNorm for %d modules", switched)
