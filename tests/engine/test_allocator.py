@@ -131,4 +131,4 @@ def test_benchmark_training_row_runs_with_the_preloaded_allocator():
     assert row["allocator"] == allocator_name(INSTALLED) and row["images_per_second"] > 0
     row = measure_distributed_training("mobilenet_v2_CNFx3", (32, 32), 4, 1, DISTRIBUTED_MODE, 2, 1, INSTALLED)
     assert row["allocator"] == allocator_name(INSTALLED) and row["images_per_second"] > 0
-    assert measure_training("mobilenet_v2_CNFx3", (32, 32), 2, 1, torch.device("cpu"), "fp32", 1)["allocator"] == "system"
+    # Without a preload a row reads "system": tests/nas/test_fast_kernels.py (peak memory).

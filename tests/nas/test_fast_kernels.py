@@ -291,11 +291,17 @@ def test_weighted_sum_mixed_precision_inputs():
 
 
 def test_every_benchmark_training_mode_runs_and_reports_its_figures():
-    from pnfs_pipeline.benchmarks import TRAINING_MODES, measure_training
+    """In this process (the suite spawns a measuring process for each row, as the tests of its
+    peak memory and allocator do)."""
+    from pnfs_pipeline.benchmarks import TRAINING_MODES, _training_row
 
-    for mode in TRAINING_MODES:
-        row = measure_training("mobilenet_v2_CNFx3", (32, 32), 2, 1, torch.device("cpu"), mode, 1)
-        assert row["images_per_second"] > 0 and row["peak_memory_mb"] > 0
+    threads = torch.get_num_threads()
+    try:
+        for mode in TRAINING_MODES:
+            row = _training_row("mobilenet_v2_CNFx3", (32, 32), 2, 1, "cpu", mode, 1)
+            assert row["images_per_second"] > 0 and row["peak_memory_mb"] > 0
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_benchmark_distributed_row_splits_the_batch_over_two_workers():
@@ -447,6 +453,7 @@ def test_benchmark_row_peak_memory_is_the_measuring_process_own():
     row = measure_training("mobilenet_v2_CNFx3", (32, 32), 2, 1, torch.device("cpu"), next(iter(TRAINING_MODES)), 1)
     del ballast
     assert 0 < row["peak_memory_mb"] < suite_peak - 1024
+    assert row["allocator"] == "system"  # nothing preloaded unless asked (tests/engine/test_allocator.py)
 
 
 @needs_kernels

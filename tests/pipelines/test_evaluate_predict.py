@@ -133,16 +133,27 @@ def test_the_command_line_shows_a_missing_step_or_a_bad_name_as_one_line(kedro_p
     """Not a traceback of ~140 lines through the hook machinery with the message at its end."""
     kedro = Path(sys.executable).with_name("kedro")
     env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true"}
-    for arguments, message in (
-        (["--pipelines=evaluate"], "Error: 'retrained_checkpoint' does not exist yet: run `kedro run --pipelines="),
-        (["--pipelines=serach"], "Error: no pipeline named 'serach': did you mean 'search'?"),
-        (["--pipelines=search", "--params=search.trainer.epochz=2"], "Error: invalid parameters:\n  parameter 'search.trainer.epochz'"),
-    ):
-        result = subprocess.run([str(kedro), "run", *arguments], cwd=kedro_project, env=env, capture_output=True, text=True, timeout=300)
-        assert result.returncode == 1
-        assert message in result.stderr, result.stderr[-2000:]
-        assert "Traceback" not in result.stderr and "╭" not in result.stderr
-        assert "register_new_resolver" not in result.stdout + result.stderr  # dependencies' deprecation, filtered
+    expected = {
+        "--pipelines=evaluate": "Error: 'retrained_checkpoint' does not exist yet: run `kedro run --pipelines=",
+        "--pipelines=serach": "Error: no pipeline named 'serach': did you mean 'search'?",
+        "--params=search.trainer.epochz=2": "Error: invalid parameters:\n  parameter 'search.trainer.epochz'",
+    }
+    # Side by side, each in a copy of the project (two sessions creating one MLflow database at
+    # once collide in its schema migration): a command spends most of its time importing.
+    commands = {}
+    for position, argument in enumerate(expected):
+        project = kedro_project.with_name(f"{kedro_project.name}_{position}")
+        shutil.copytree(kedro_project, project)
+        commands[argument] = subprocess.Popen(
+            [str(kedro), "run", argument, *(["--pipelines=search"] if argument.startswith("--params") else [])],
+            cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+    for argument, command in commands.items():
+        stdout, stderr = command.communicate(timeout=300)
+        assert command.returncode == 1, (argument, stderr[-2000:])
+        assert expected[argument] in stderr, stderr[-2000:]
+        assert "Traceback" not in stderr and "╭" not in stderr
+        assert "register_new_resolver" not in stdout + stderr  # dependencies' deprecation, filtered
 
 
 def test_mpii_evaluation_reports_pckh(kedro_project):
