@@ -12,6 +12,10 @@ from kedro.framework.hooks import hook_impl
 from kedro.pipeline import Pipeline
 
 from pnfs_pipeline.config import ParameterError
+from pnfs_pipeline.engine.unfinished_run import (
+    UnfinishedRunError,
+    refuse_to_replace_an_unfinished_run,
+)
 from pnfs_pipeline.pipeline_registry import LIFECYCLE
 
 logger = logging.getLogger(__name__)
@@ -74,6 +78,27 @@ class ParameterCheckHooks:
             raise InvalidParametersError(str(error)) from error
         if "evaluate" in parsed and parsed["evaluate"].checkpoint:
             _evaluate_chosen_checkpoint(parsed["evaluate"].checkpoint, pipeline, catalog)
+        _refuse_to_replace_an_unfinished_training(parsed, pipeline)
+
+
+class UnfinishedTrainingError(click.ClickException, UnfinishedRunError):
+    """An :class:`UnfinishedRunError` found before the first node (one line on the command line)."""
+
+
+# The nodes that train, by the parameter group that holds their checkpoint_path and resume.
+TRAINING_NODES = {"search": "search_architecture", "retrain": "retrain_network"}
+
+
+def _refuse_to_replace_an_unfinished_training(parsed: dict[str, Any], pipeline: Pipeline) -> None:
+    """The trainer refuses to overwrite an unfinished run's checkpoint; said before the first
+    node, not after the stages before the training node (prepare's, on a default run) have run."""
+    names = {node.name for node in pipeline.nodes}
+    for group, node_name in TRAINING_NODES.items():
+        if group in parsed and node_name in names and not parsed[group].resume:
+            try:
+                refuse_to_replace_an_unfinished_run(parsed[group].checkpoint_path)
+            except UnfinishedRunError as error:
+                raise UnfinishedTrainingError(str(error)) from error
 
 
 def _evaluate_chosen_checkpoint(path: str, pipeline: Pipeline, catalog: Any) -> None:

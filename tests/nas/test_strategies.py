@@ -329,7 +329,8 @@ def test_gumbel_samples_one_backbone_op_per_edge_and_trains_its_logits():
 
 
 def test_a_fresh_run_does_not_overwrite_a_stopped_runs_checkpoint(tmp_path):
-    from pnfs_pipeline.engine.trainer import TrainingJob, UnfinishedRunError, run_training
+    from pnfs_pipeline.engine.trainer import TrainingJob, run_training
+    from pnfs_pipeline.engine.unfinished_run import UnfinishedRunError
 
     class Stop(Exception):
         pass
@@ -371,7 +372,8 @@ def test_resume_compares_the_architecture_not_the_genotypes_provenance():
 def test_only_rank_zero_checks_for_a_stopped_run(tmp_path, monkeypatch):
     """Under torchrun without a shared filesystem another rank's stale file is not rank 0's."""
     from pnfs_pipeline.engine.checkpoint import save_checkpoint
-    from pnfs_pipeline.engine.trainer import TrainingJob, UnfinishedRunError, run_training
+    from pnfs_pipeline.engine.trainer import TrainingJob, run_training
+    from pnfs_pipeline.engine.unfinished_run import UnfinishedRunError
 
     save_checkpoint({"epoch": 0, "config": {"train": {"epochs": 3}, "retrain": {}}}, tmp_path / "last.pt")
     job = TrainingJob(tiny_supernet, RandomPoses(4), RandomPoses(2), TrainConfig(epochs=1, batch_size=4, device="cpu"),

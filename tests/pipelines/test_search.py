@@ -1,8 +1,10 @@
 import json
 
+import pytest
 import yaml
 
-from pnfs_pipeline.engine.checkpoint import load_checkpoint
+from pnfs_pipeline.engine.checkpoint import load_checkpoint, save_checkpoint
+from pnfs_pipeline.hooks import UnfinishedTrainingError
 from tests.pipelines.conftest import run_pipeline
 
 
@@ -38,3 +40,14 @@ def test_search_resumes_from_its_last_checkpoint(kedro_project):
     history = json.loads((kedro_project / "data" / "08_reporting" / "search_history.json").read_text())
     # The resumed run trained only epoch 2 and kept epoch 1's record.
     assert [h["epoch"] for h in history] == [1, 2]
+
+    # A run planned for 3 epochs that stopped after 2: a fresh search is refused before its
+    # first node, prepare's included, so nothing of the stopped run nor the samples is rewritten.
+
+    last = kedro_project / "data" / "06_models" / "search_last.pt"
+    state = load_checkpoint(last)
+    save_checkpoint({**state, "config": {**state["config"], "train": {**state["config"]["train"], "epochs": 3}}}, last)
+    stopped = last.read_bytes()
+    with pytest.raises(UnfinishedTrainingError, match=r"search_last.pt holds a run stopped after epoch 2 of 3.*search.resume=true"):
+        run_pipeline(kedro_project, "search", {"search.trainer.epochs": 1})
+    assert samples.stat().st_mtime_ns == prepared and last.read_bytes() == stopped

@@ -39,6 +39,7 @@ from pnfs_pipeline.engine.distributed import (
     launch,
 )
 from pnfs_pipeline.engine.loss import joints_mse_loss
+from pnfs_pipeline.engine.unfinished_run import refuse_to_replace_an_unfinished_run
 from pnfs_pipeline.keypoints import as_lists
 from pnfs_pipeline.nas.fast_depthwise import use_fast_depthwise
 from pnfs_pipeline.nas.fused_batch_norm import use_fused_batch_norm
@@ -50,27 +51,6 @@ logger = logging.getLogger(__name__)
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; the message names epoch and step."""
-
-
-class UnfinishedRunError(RuntimeError):
-    """A fresh run would replace the last checkpoint of a run that stopped before its end."""
-
-
-def refuse_to_replace_an_unfinished_run(path: str | Path | None) -> None:
-    """A run that is not resuming writes its first epoch over ``path``: refused when the file
-    holds a run stopped before its last epoch (hours of training lost to a forgotten flag)."""
-    if path is None or not Path(path).is_file():
-        return
-    state = load_checkpoint(path)
-    done = int(state.get("epoch", -1)) + 1
-    config = state.get("config", {})
-    planned = config.get("train", {}).get("epochs")
-    if planned is not None and done < planned:
-        flag = next((f"{name}.resume=true" for name in ("search", "retrain") if name in config), "resume=true")
-        raise UnfinishedRunError(
-            f"{path} holds a run stopped after epoch {done} of {planned}, which a new run would "
-            f"overwrite: continue it with --params=\"{flag}\", or move the file away to start afresh"
-        )
 
 
 @dataclass(frozen=True)
