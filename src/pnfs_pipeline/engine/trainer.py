@@ -658,7 +658,7 @@ def run_training(
     Launched workers report back when they finish; ``on_epoch_end`` then sees each epoch's
     metrics (without a model) in this process, the only one that logs.
     """
-    if not job.resume and int(os.environ.get("RANK", "0")) == 0:  # only rank 0 writes checkpoints
+    if not job.resume:
         refuse_to_replace_an_unfinished_run(job.checkpoint_path)
     if env_world_size() > 1:
         context = init_from_env(resolve_device(job.config.device).type)

@@ -6,6 +6,7 @@ importing torch at every command's start (the checkpoint is read only where one 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -15,8 +16,10 @@ class UnfinishedRunError(RuntimeError):
 
 def refuse_to_replace_an_unfinished_run(path: str | Path | None) -> None:
     """A run that is not resuming writes its first epoch over ``path``: refused when the file
-    holds a run stopped before its last epoch (hours of training lost to a forgotten flag)."""
-    if path is None or not Path(path).is_file():
+    holds a run stopped before its last epoch (hours of training lost to a forgotten flag).
+    Only rank 0 writes checkpoints: under torchrun without a shared filesystem another rank's
+    file at ``path`` is a stale one of its own, not the run's."""
+    if path is None or int(os.environ.get("RANK", "0")) != 0 or not Path(path).is_file():
         return
     from pnfs_pipeline.engine.checkpoint import load_checkpoint
 
