@@ -29,17 +29,46 @@ TINY_PARAMS = {
 }
 
 
+def _copy_project(folder: Path) -> None:
+    shutil.copytree(PROJECT_ROOT / "conf", folder / "conf", ignore=shutil.ignore_patterns("local"))
+    (folder / "conf" / "local").mkdir()
+    shutil.copy(PROJECT_ROOT / "pyproject.toml", folder / "pyproject.toml")
+    shutil.copy(PROJECT_ROOT / ".telemetry", folder / ".telemetry")
+    (folder / "src").mkdir()  # the package itself is imported from the installed project
+
+
 @pytest.fixture
 def kedro_project(tmp_path, monkeypatch) -> Path:
     """A copy of conf/ and pyproject.toml in a temporary folder that is the working directory."""
-    shutil.copytree(PROJECT_ROOT / "conf", tmp_path / "conf", ignore=shutil.ignore_patterns("local"))
-    (tmp_path / "conf" / "local").mkdir()
-    shutil.copy(PROJECT_ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
-    shutil.copy(PROJECT_ROOT / ".telemetry", tmp_path / ".telemetry")
-    (tmp_path / "src").mkdir()  # the package itself is imported from the installed project
+    _copy_project(tmp_path)
     monkeypatch.chdir(tmp_path)
     bootstrap_project(tmp_path)
     return tmp_path
+
+
+# What the tests of a finished run read: one retraining epoch, two validation overlays.
+FINISHED_RUN_PARAMS = {"derive.latency_repeats": 1, "retrain.trainer.epochs": 1, "evaluate.num_overlays": 2}
+
+
+@pytest.fixture(scope="session")
+def _finished_run(tmp_path_factory) -> Path:
+    """search, retrain and evaluate, run once for the session with FINISHED_RUN_PARAMS."""
+    project = tmp_path_factory.mktemp("finished_run")
+    _copy_project(project)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(project)
+        bootstrap_project(project)
+        for pipeline in ("search", "retrain", "evaluate"):
+            run_pipeline(project, pipeline, FINISHED_RUN_PARAMS)
+    return project
+
+
+@pytest.fixture
+def finished_project(kedro_project, _finished_run) -> Path:
+    """:func:`kedro_project` holding the data of a finished run (its own copy; MLflow's database
+    starts empty)."""
+    shutil.copytree(_finished_run / "data", kedro_project / "data")
+    return kedro_project
 
 
 def tiny_runtime_params(params: dict | None = None) -> dict:

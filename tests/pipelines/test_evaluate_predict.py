@@ -12,15 +12,13 @@ import pytest
 from pnfs_pipeline.config import ParameterError
 from pnfs_pipeline.data.dataset import ImageReadError
 from pnfs_pipeline.hooks import MissingUpstreamError
-from tests.pipelines.conftest import run_pipeline
+from tests.pipelines.conftest import FINISHED_RUN_PARAMS, run_pipeline
 
-FAST = {"derive.latency_repeats": 1, "retrain.trainer.epochs": 1, "evaluate.num_overlays": 2}
+FAST = FINISHED_RUN_PARAMS
 
 
-def test_evaluate_and_predict_after_retrain(kedro_project):
-    run_pipeline(kedro_project, "search", FAST)
-    run_pipeline(kedro_project, "retrain", FAST)
-    run_pipeline(kedro_project, "evaluate", FAST)
+def test_evaluate_and_predict_after_retrain(finished_project):
+    kedro_project = finished_project  # search, retrain and evaluate have run
     data = kedro_project / "data"
     metrics = json.loads((data / "08_reporting" / "evaluation_metrics.json").read_text())
     assert set(metrics["overall"]) >= {"AP", "AP .5", "AR"} and 0.0 <= metrics["overall"]["AP"] <= 1.0

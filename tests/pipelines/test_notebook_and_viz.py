@@ -9,16 +9,12 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from tests.pipelines.conftest import PROJECT_ROOT, run_pipeline
-
-FAST = {"derive.latency_repeats": 1, "retrain.trainer.epochs": 1, "evaluate.num_overlays": 1}
+from tests.pipelines.conftest import PROJECT_ROOT
 
 
 @pytest.mark.slow
-def test_notebook_loads_a_finished_run_through_the_catalog(kedro_project, monkeypatch):
-    run_pipeline(kedro_project, "search", FAST)
-    run_pipeline(kedro_project, "retrain", FAST)
-    run_pipeline(kedro_project, "evaluate", FAST)
+def test_notebook_loads_a_finished_run_through_the_catalog(finished_project, monkeypatch):
+    kedro_project = finished_project
     notebook = nbformat.read(PROJECT_ROOT / "notebooks" / "explore_run.ipynb", as_version=4)
     # Where Jupyter starts the kernel: the notebook's folder (the relative image roots of the
     # sample indexes then resolve only because the session works in the project folder).
