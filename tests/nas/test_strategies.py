@@ -12,6 +12,7 @@ from pnfs_pipeline.nas.strategies import (
     STRATEGIES,
     SearchStrategy,
     StrategyConfig,
+    ieee_float32,
     unrolled_arch_gradient,
 )
 from pnfs_pipeline.nas.supernet import FabricConfig, HeadConfig, PartSupernet
@@ -69,6 +70,30 @@ def test_gradients_reach_alpha_and_beta(name):
         grads = torch.autograd.grad(loss, trainable)
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert all(g.abs().sum() > 0 for g in grads), [g.abs().sum() for g in grads]
+
+
+def _tf32_flags() -> tuple:
+    """What decides TF32 for float32 convolutions and matrix products (torch >= 2.9's API, else the legacy one)."""
+    backends = [torch.backends.cudnn.conv, torch.backends.cudnn.rnn, torch.backends.cuda.matmul]
+    if all(hasattr(backend, "fp32_precision") for backend in backends):
+        return tuple(backend.fp32_precision for backend in backends)
+    return torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+
+
+def test_second_order_passes_run_without_tf32_and_restore_the_flags():
+    """On Ampere and newer GPUs PyTorch runs float32 convolutions in TF32 by default, whose
+    rounding swamps darts2's finite difference; the CPU records the flags its passes run under."""
+    model = tiny_supernet()
+    seen = []
+    model.register_forward_pre_hook(lambda *_: seen.append(_tf32_flags()))
+    before = _tf32_flags()
+    with ieee_float32():
+        full_precision = _tf32_flags()
+    assert full_precision != before and _tf32_flags() == before
+    unrolled_arch_gradient(model, _batch(seed=1), _batch(seed=2), joints_mse_loss, 0.1)
+    assert len(seen) == 4 and set(seen) == {full_precision}  # at w, w', w + eps v and w - eps v
+    assert _tf32_flags() == before
+    assert torch.backends.cudnn.allow_tf32 in (True, False)  # still readable: a mix of the two APIs raises
 
 
 def test_second_order_gradient_matches_the_exact_unrolled_gradient():

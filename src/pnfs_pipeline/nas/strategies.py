@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -200,8 +200,9 @@ class SearchStrategy:
         """Update the architecture parameters (bilevel strategies); returns the arch loss.
 
         ``autocast``: the trainer's precision context for the forward pass. darts2 stays in
-        float32: its finite-difference Hessian term moves each weight by 0.01 / |v| of v, which
-        a bfloat16 copy of the weights would round away.
+        float32, TF32 off too (:func:`ieee_float32`): its finite-difference Hessian term moves
+        each weight by 0.01 / |v| of v, which a bfloat16 copy of the weights or TF32's rounding
+        would swamp.
         """
         if not self.config.bilevel or self.epoch < self.config.arch_warmup_epochs:
             return None
@@ -244,6 +245,34 @@ class SearchStrategy:
         return {"candidate_losses": losses, "best_loss": best_loss}
 
 
+@contextmanager
+def ieee_float32() -> Iterator[None]:
+    """Float32 convolutions and matrix products in full precision inside the block.
+
+    PyTorch lets cuDNN run float32 convolutions in TF32 (a 10-bit mantissa, ~5e-4 relative) on
+    Ampere and newer GPUs; darts2's finite difference moves each weight by ~1e-5 of itself, which
+    that rounding swamps (emulated on the tests' supernet: the Hessian term off by 158%)."""
+    backends = [torch.backends.cudnn.conv, torch.backends.cudnn.rnn, torch.backends.cuda.matmul]
+    if all(hasattr(backend, "fp32_precision") for backend in backends):
+        # torch >= 2.9: the legacy allow_tf32 flags may not be mixed with these (reading them raises)
+        saved = [backend.fp32_precision for backend in backends]
+        for backend in backends:
+            backend.fp32_precision = "ieee"
+        try:
+            yield
+        finally:
+            for backend, value in zip(backends, saved, strict=True):
+                backend.fp32_precision = value
+        return
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@ieee_float32()  # on a GPU the finite difference would drown in TF32's rounding
 def unrolled_arch_gradient(
     model: nn.Module,
     train_batch: dict[str, torch.Tensor],
