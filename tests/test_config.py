@@ -73,6 +73,27 @@ def test_cuda_is_refused_by_name_where_there_is_none(monkeypatch):
     check_parameters({"retrain": {"trainer": {"device": "auto"}}})
 
 
+def test_more_launched_workers_than_gpus_are_refused_by_name(monkeypatch):
+    """NCCL refuses two workers on one GPU only at its first collective, with no word of the setting."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ParameterError, match=r"'search.trainer.nproc_per_node': 4 workers, but this machine shows 2 GPU\(s\)"):
+        check_parameters({"search": {"trainer": {"nproc_per_node": 4, "batch_size": 8}}})  # device auto: the GPUs
+    check_parameters({"search": {"trainer": {"nproc_per_node": 2, "batch_size": 8}}})
+    check_parameters({"retrain": {"trainer": {"nproc_per_node": 4, "batch_size": 8, "device": "cpu"}}})
+
+
+def test_each_local_rank_takes_a_gpu_of_its_own():
+    from pnfs_pipeline.engine.distributed import gpu_of_local_rank
+
+    assert [gpu_of_local_rank(rank, 4) for rank in range(4)] == [0, 1, 2, 3]
+    assert gpu_of_local_rank(3, 1) == 0  # SLURM: each process sees only its own GPU
+    with pytest.raises(RuntimeError, match=r"local rank 2 has no GPU of its own: this machine shows 2 GPUs"):
+        gpu_of_local_rank(2, 2)
+
+
 def test_settings_that_look_odd_but_serve_a_purpose_pass():
     # steps past the epochs: a resumed run of the seed's schedule (steps 90, 120, 150) ending sooner
     check_parameters({"search": {"trainer": {"epochs": 140, "lr_steps": [90, 120, 150]}}})

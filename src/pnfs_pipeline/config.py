@@ -572,14 +572,26 @@ def _device_problems(parsed: dict[str, Any]) -> list[str]:
         "evaluate.device": getattr(parsed.get("evaluate"), "device", None),
         "predict.device": getattr(parsed.get("predict"), "device", None),
     }
-    if "cuda" not in devices.values():
+    launched = {
+        f"{group}.trainer.nproc_per_node": trainer
+        for group in ("search", "retrain")
+        if (trainer := getattr(parsed.get(group), "trainer", None)) is not None and trainer.nproc_per_node > 1
+    }
+    if "cuda" not in devices.values() and not launched:
         return []
     import torch
 
-    if torch.cuda.is_available():
-        return []
-    return [f"parameter '{name}': 'cuda', but this machine has no CUDA device (auto uses one where present)"
-            for name, device in devices.items() if device == "cuda"]
+    if not torch.cuda.is_available():
+        return [f"parameter '{name}': 'cuda', but this machine has no CUDA device (auto uses one where present)"
+                for name, device in devices.items() if device == "cuda"]
+    # NCCL refuses two workers on one GPU ("Duplicate GPU detected") at its first collective.
+    count = torch.cuda.device_count()
+    return [
+        f"parameter '{name}': {trainer.nproc_per_node} workers, but this machine shows {count} GPU(s) and each "
+        f"worker needs one of its own; launch at most {count}, or train on the CPU (device: cpu)"
+        for name, trainer in launched.items()
+        if trainer.device != "cpu" and trainer.nproc_per_node > count
+    ]
 
 
 def _spec_problems(parsed: dict[str, Any]) -> list[str]:

@@ -66,10 +66,23 @@ def init_from_env(device_type: str, timeout_seconds: float = 600.0) -> Distribut
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_seconds))
     context = DistributedContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
     if device_type == "cuda":
-        # Where each process sees only its own GPU (SLURM, per-task CUDA_VISIBLE_DEVICES), the
-        # local rank is no device index: the ranks of a machine take its visible GPUs in turn.
-        torch.cuda.set_device(context.local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(gpu_of_local_rank(context.local_rank, torch.cuda.device_count()))
     return context
+
+
+def gpu_of_local_rank(local_rank: int, visible: int) -> int:
+    """The GPU a worker trains on: its local rank where the machine shows several, the one it
+    sees where each process sees only its own (SLURM, per-task CUDA_VISIBLE_DEVICES). More workers
+    than visible GPUs would put two on one GPU, which NCCL refuses at its first collective with
+    no word of the cause."""
+    if visible == 1:
+        return 0
+    if local_rank >= visible:
+        raise RuntimeError(
+            f"local rank {local_rank} has no GPU of its own: this machine shows {visible} GPUs; start at most "
+            f"{visible} workers per machine (torchrun --nproc-per-node, trainer.nproc_per_node)"
+        )
+    return local_rank
 
 
 def all_reduce_mean(tensors: list[torch.Tensor], context: DistributedContext) -> None:
