@@ -146,6 +146,42 @@ def test_a_dying_worker_fails_the_run_instead_of_hanging():
         run_training(_job(2, fail_at=5))
 
 
+class NaNImagesOnRankOne(RandomPoses):
+    def __getitem__(self, i):
+        sample = super().__getitem__(i)
+        if torch.distributed.is_initialized() and torch.distributed.get_rank() == 1:
+            sample["image"] = torch.full_like(sample["image"], float("nan"))
+        return sample
+
+
+def stop_on_this_rank(job: TrainingJob) -> str:
+    """The run's own error on this rank (a short collective timeout: a rank left waiting fails the test soon)."""
+    from pnfs_pipeline.engine.distributed import init_from_env
+    from pnfs_pipeline.engine.trainer import NonFiniteLossError, _execute
+
+    context = init_from_env("cpu", timeout_seconds=60)
+    try:
+        _execute(job, None, context)
+        return "finished"
+    except NonFiniteLossError as error:
+        return str(error)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_a_non_finite_loss_on_one_rank_stops_every_rank():
+    """Raising on the rank that saw it alone left the others in the step's gradient all-reduce:
+    across machines, waiting until the collectives' timeout."""
+    from pnfs_pipeline.engine.distributed import launch
+
+    job = _job(2)
+    job.train_dataset = NaNImagesOnRankOne(32, seed=1)
+    messages = launch(2, stop_on_this_rank, job, all_ranks=True)
+    assert messages[1].startswith("non-finite loss (nan) at epoch 1, step 1"), messages
+    assert messages[0].startswith("non-finite loss on another rank (this rank's: "), messages
+    assert "at epoch 1, step 1" in messages[0]
+
+
 def resume_with_this_ranks_path(payload: tuple) -> tuple[list[torch.Tensor], list[int]]:
     """A worker whose checkpoint path is its own machine's: only rank 0's holds the file."""
     from pnfs_pipeline.engine.distributed import init_from_env

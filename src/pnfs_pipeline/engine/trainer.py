@@ -383,6 +383,20 @@ class Trainer:
             where = "no checkpoint of this run yet"
         return NonFiniteLossError(f"{what}; {where}")
 
+    def _stop_unless_finite(self, value: torch.Tensor | float, what: str, epoch: int, step: int) -> None:
+        """Raise when a step's loss is not finite on this rank or any other: the ranks stop
+        together, where one raising alone would leave the others waiting in the step's gradient
+        all-reduce (under torchrun across machines, until the collectives' timeout)."""
+        own = float(value)
+        broken = not math.isfinite(own)
+        if self.context.enabled:
+            flag = torch.tensor([float(broken)], device=self.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            if flag.item() > 0 and not broken:
+                raise self._diverged(f"non-finite {what} on another rank (this rank's: {own}) at epoch {epoch + 1}, step {step + 1}")
+        if broken:
+            raise self._diverged(f"non-finite {what} ({own}) at epoch {epoch + 1}, step {step + 1}")
+
     def _check_finite_after(self, epoch: int, val_loss: float) -> None:
         """An infinite gradient in an epoch's last step leaves NaN weights behind a finite loss:
         such an epoch must not be saved as the last good one."""
@@ -418,14 +432,12 @@ class Trainer:
                     arch_batch, batch, self.loss_fn, self.optimizer.param_groups[0]["lr"], self._autocast
                 )
                 if arch_loss is not None:
-                    if not math.isfinite(arch_loss):
-                        raise self._diverged(f"non-finite architecture loss ({arch_loss}) at epoch {epoch + 1}, step {step + 1}")
+                    self._stop_unless_finite(arch_loss, "architecture loss", epoch, step)
                     total_arch += arch_loss
                     arch_steps += 1
             self.optimizer.zero_grad(set_to_none=True)
             loss = self._forward_loss(batch, training=True)
-            if not torch.isfinite(loss):
-                raise self._diverged(f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step + 1}")
+            self._stop_unless_finite(loss, "loss", epoch, step)
             loss.backward()
             if self.strategy is not None:
                 self.strategy.hold_architecture_in_warmup()
