@@ -108,6 +108,17 @@ def test_one_hot_derived_network_with_inherited_weights_equals_the_supernet(rule
         inherit_supernet_weights(derived, model.state_dict(), supernet_operators=operators[::-1])
 
 
+def test_each_parts_keypoint_index_moves_with_the_network_and_stays_out_of_checkpoints():
+    """Built in every forward, the index was a blocking host-to-device copy per part on a GPU."""
+    model = supernet()
+    summary, _ = one_hot_architecture(model)
+    derived = DerivedNetwork(derive_genotype(summary, model.network_description(), rule="path", threshold=0.5))
+    for network in (model, derived):
+        assert [part.keypoint_index.tolist() for part in network.parts] == [list(keys) for keys in PARTS.values()]
+        assert not any("keypoint_index" in key for key in network.state_dict())
+        assert network.to(torch.float64).parts[0].keypoint_index.dtype == torch.long
+
+
 def test_a_fabric_without_cut_layers_derives_and_equals_its_supernet():
     """cut_layers_num 0: the fabric starts from the backbone's finest map alone."""
     model = supernet(cut=0).eval()

@@ -147,6 +147,8 @@ class DerivedPart(nn.Module):
         channels = network["channels"]
         info = genotype["parts"][part]
         self.keypoints = tuple(info["keypoints"])
+        # Moves with the module: made in each forward it was a blocking host-to-device copy on a GPU.
+        self.register_buffer("keypoint_index", torch.tensor(self.keypoints, dtype=torch.long), persistent=False)
         self.cut_layers = network["cut_layers_num"]
         self.output_cell = (network["depth"] - 1, 0)
         self.order = list(info["cells"])
@@ -245,7 +247,7 @@ class DerivedNetwork(nn.Module):
             if heatmaps is None:
                 n, _, h, w = out.shape
                 heatmaps = out.new_zeros(n, self.num_keypoints, h, w)
-            heatmaps = heatmaps.index_add(1, torch.tensor(part.keypoints, device=out.device), out)
+            heatmaps = heatmaps.index_add(1, part.keypoint_index, out)
         if self.combine == "mean":
             heatmaps = heatmaps / self.part_counts.to(heatmaps)[None, :, None, None]
         return heatmaps

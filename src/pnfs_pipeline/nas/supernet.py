@@ -121,6 +121,8 @@ class PartBranch(nn.Module):
     ) -> None:
         super().__init__()
         self.keypoints = tuple(keypoints)
+        # Moves with the module: made in each forward it was a blocking host-to-device copy on a GPU.
+        self.register_buffer("keypoint_index", torch.tensor(self.keypoints, dtype=torch.long), persistent=False)
         channels = fabric.channels
         # A fabric of fewer scales than the backbone has maps reads the finest ones.
         count = min(len(backbone_channels), len(channels))
@@ -305,7 +307,7 @@ class PartSupernet(nn.Module):
         n, _, h, w = outputs[0].shape
         heatmaps = outputs[0].new_zeros(n, self.num_keypoints, h, w)
         for branch, out in zip(self.parts, outputs, strict=True):
-            heatmaps = heatmaps.index_add(1, torch.tensor(branch.keypoints, device=out.device), out)
+            heatmaps = heatmaps.index_add(1, branch.keypoint_index, out)
         if self.head_config.combine == "mean":
             heatmaps = heatmaps / self.part_counts.to(heatmaps)[None, :, None, None]
         return heatmaps
