@@ -376,6 +376,7 @@ class TrainerParams(StrictModel):
     val_max_batches: int | None = Field(None, ge=1)
     threads: int | None = Field(None, ge=1)  # torch CPU threads; None keeps torch's default
     nproc_per_node: int = Field(1, ge=1)  # > 1: local DistributedDataParallel workers
+    cudnn_benchmark: bool = True  # GPU: cuDNN times its algorithms once for the fixed input size (the original's)
     heatmap_foreground_weight: float = Field(0.0, ge=0)  # 0: the paper's plain heatmap MSE
     ohkm_topk: int = Field(0, ge=0)  # > 0: online hard keypoint mining over the k hardest joints
 

@@ -392,6 +392,8 @@ def test_resume_compares_the_architecture_not_the_genotypes_provenance():
     assert config_differences(saved, repeated) == []
     other = {**repeated, "genotype": {**repeated["genotype"], "parts": {"head": [2]}}}
     assert config_differences(saved, other) == ["genotype.parts.head: [1] -> [2]"]
+    # a checkpoint from before trainer.cudnn_benchmark existed, or another GPU setting: the same run
+    assert config_differences({"train": {"lr": 1e-3}}, {"train": {"lr": 1e-3, "cudnn_benchmark": False}}) == []
 
 
 def test_only_rank_zero_checks_for_a_stopped_run(tmp_path, monkeypatch):

@@ -74,6 +74,7 @@ class TrainConfig:
     val_max_batches: int | None = None
     threads: int | None = None  # torch CPU threads; None keeps torch's default
     nproc_per_node: int = 1  # > 1: launch local workers (DistributedDataParallel)
+    cudnn_benchmark: bool = True  # on a GPU: cuDNN's fastest algorithms for the input size, timed once
     heatmap_foreground_weight: float = 0.0  # 0: plain MSE; w: pixels weigh 1 + w * target
     ohkm_topk: int = 0  # > 0: only each sample's k hardest keypoints enter the loss
 
@@ -103,7 +104,7 @@ class TrainConfig:
 # genotype's provenance: a repeated search and derive give the same architecture with another
 # search run id and finishing time.
 RESUMABLE_SETTINGS = frozenset(
-    {"threads", "num_workers", "nproc_per_node", "device", "resume", "checkpoint_path", "epochs", "provenance"}
+    {"threads", "num_workers", "nproc_per_node", "device", "cudnn_benchmark", "resume", "checkpoint_path", "epochs", "provenance"}
 )
 
 
@@ -184,6 +185,10 @@ class Trainer:
             self.device = torch.device("cuda", torch.cuda.current_device())  # set when joining the group
         if config.threads:
             torch.set_num_threads(config.threads)
+        if self.device.type == "cuda":
+            # As the original code: every training input has one size, so the algorithms cuDNN
+            # times on the first batches serve the whole run (their choice may differ between runs).
+            torch.backends.cudnn.benchmark = config.cudnn_benchmark
         torch.manual_seed(config.seed)
         self.model = model.to(self.device)
         if config.channels_last:
