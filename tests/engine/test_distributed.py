@@ -182,6 +182,45 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank():
     assert "at epoch 1, step 1" in messages[0]
 
 
+class CountedPoses(RandomPoses):
+    """Counts the samples this process reads (validation reads no others here)."""
+
+    read = 0
+
+    def __getitem__(self, i):
+        CountedPoses.read += 1
+        return super().__getitem__(i)
+
+
+def validation_on_this_rank(limit: int | None) -> tuple[float, int]:
+    from pnfs_pipeline.engine.distributed import init_from_env
+    from pnfs_pipeline.engine.trainer import Trainer
+
+    context = init_from_env("cpu")
+    try:
+        torch.manual_seed(0)
+        config = TrainConfig(batch_size=4, device="cpu", threads=1, val_max_batches=limit)
+        trainer = Trainer(tiny_supernet(), RandomPoses(8), CountedPoses(9, seed=2), config, context=context)
+        return trainer.validation_loss(), CountedPoses.read
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.parametrize("limit", [None, 2])
+def test_each_rank_scores_its_share_of_the_validation_set(limit):
+    """Every rank scored the whole set (N-1 sets of wasted work); the shares' sums make the
+    single process's mean: 9 samples split 5 + 4, or the first 2 batches of 4 split 4 + 4."""
+    from pnfs_pipeline.engine.distributed import launch
+    from pnfs_pipeline.engine.trainer import Trainer
+
+    torch.manual_seed(0)
+    config = TrainConfig(batch_size=4, device="cpu", threads=1, val_max_batches=limit)
+    alone = Trainer(tiny_supernet(), RandomPoses(8), RandomPoses(9, seed=2), config).validation_loss()
+    ranks = launch(2, validation_on_this_rank, limit, all_ranks=True)
+    assert ranks[0][0] == pytest.approx(alone, rel=1e-5) and ranks[1][0] == ranks[0][0]
+    assert [ranks[rank][1] for rank in (0, 1)] == ([5, 4] if limit is None else [4, 4])
+
+
 def resume_with_this_ranks_path(payload: tuple) -> tuple[list[torch.Tensor], list[int]]:
     """A worker whose checkpoint path is its own machine's: only rank 0's holds the file."""
     from pnfs_pipeline.engine.distributed import init_from_env

@@ -243,6 +243,7 @@ class Trainer:
         # One loader per (dataset, role), kept across epochs: rebuilt every epoch, its workers
         # restarted and the images they had decoded were decoded again.
         self._loaders: dict[tuple[int, bool, int, int], tuple[Dataset, Any]] = {}
+        self._validation_shares: dict[tuple[int, int | None], tuple[Dataset, Dataset]] = {}
         # The augmentation a held-out split of the training set is scored with (random search):
         # the last trained epoch's, as when the epoch was set on the shared dataset.
         self._last_trained_epoch = 0
@@ -483,21 +484,37 @@ class Trainer:
         """Mean loss on the validation set (at most ``val_max_batches``), or on every sample of
         ``dataset``."""
         self.model.eval()
-        loader = self._loader(
-            dataset if dataset is not None else self.val_dataset, self._last_trained_epoch, False, self.config.batch_size
-        )
-        total, count = 0.0, 0
         limit = max_batches if max_batches is not None or dataset is not None else self.config.val_max_batches
-        for step, batch in enumerate(loader):
-            if limit is not None and step >= limit:
-                break
+        share = self._validation_share(dataset if dataset is not None else self.val_dataset, limit)
+        loader = self._loader(share, self._last_trained_epoch, False, self.config.batch_size)
+        total, count = 0.0, 0
+        for batch in loader:
             batch = _to_device(batch, self.device, self.config.channels_last)
             with self._autocast():
+                # The plain module: DistributedDataParallel's forward would sync buffers, a
+                # collective that ranks with shares of different sizes would call unequally often.
                 output = self.model(batch["image"], weights) if weights is not None else self.model(batch["image"])
             total += self.loss_fn(output.float(), batch).item() * batch["image"].shape[0]
             count += batch["image"].shape[0]
         self.model.train()
+        if self.context.enabled:
+            sums = torch.tensor([total, float(count)], dtype=torch.float64, device=self.device)
+            torch.distributed.all_reduce(sums)
+            total, count = sums[0].item(), int(sums[1].item())
         return total / max(count, 1)
+
+    def _validation_share(self, dataset: Dataset, limit: int | None) -> Dataset:
+        """This rank's share of the first ``limit`` batches of ``dataset`` (all of it without a
+        limit): every rank used to score the whole set, N-1 times more work than one rank's share.
+        Kept across epochs, so its loader (and the loader's workers) is too."""
+        key = (id(dataset), limit)
+        cached = self._validation_shares.get(key)
+        if cached is None or cached[0] is not dataset:
+            end = len(dataset) if limit is None else min(len(dataset), limit * self.config.batch_size)
+            rank, ranks = self.context.rank, self.context.world_size
+            share = dataset if end == len(dataset) and ranks == 1 else Subset(dataset, range(rank, end, ranks))
+            cached = self._validation_shares[key] = (dataset, share)
+        return cached[1]
 
     def _checkpoint_to_resume(self) -> dict[str, Any] | None:
         """The checkpoint state to resume from, the same on every rank: rank 0's.
