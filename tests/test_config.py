@@ -83,13 +83,20 @@ def test_more_launched_workers_than_gpus_are_refused_by_name(monkeypatch):
         check_parameters({"search": {"trainer": {"nproc_per_node": 4, "batch_size": 8}}})  # device auto: the GPUs
     check_parameters({"search": {"trainer": {"nproc_per_node": 2, "batch_size": 8}}})
     check_parameters({"retrain": {"trainer": {"nproc_per_node": 4, "batch_size": 8, "device": "cpu"}}})
+    monkeypatch.setenv("WORLD_SIZE", "8")  # under torchrun the trainer joins its job: nproc_per_node is unused
+    check_parameters({"search": {"trainer": {"nproc_per_node": 4, "batch_size": 8}}})
 
 
-def test_each_local_rank_takes_a_gpu_of_its_own():
+def test_each_local_rank_takes_a_gpu_of_its_own(monkeypatch):
     from pnfs_pipeline.engine.distributed import gpu_of_local_rank
 
     assert [gpu_of_local_rank(rank, 4) for rank in range(4)] == [0, 1, 2, 3]
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
     assert gpu_of_local_rank(3, 1) == 0  # SLURM: each process sees only its own GPU
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    with pytest.raises(RuntimeError, match=r"4 workers on this machine share its only GPU"):
+        gpu_of_local_rank(3, 1)
     with pytest.raises(RuntimeError, match=r"local rank 2 has no GPU of its own: this machine shows 2 GPUs"):
         gpu_of_local_rank(2, 2)
 

@@ -7,6 +7,7 @@ surfacing as a confusing error deep in a training loop.
 
 from __future__ import annotations
 
+import os
 import types
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
@@ -573,7 +574,8 @@ def _device_problems(parsed: dict[str, Any]) -> list[str]:
         "evaluate.device": getattr(parsed.get("evaluate"), "device", None),
         "predict.device": getattr(parsed.get("predict"), "device", None),
     }
-    launched = {
+    # Under torchrun (WORLD_SIZE set) the trainer joins its job and launches no workers.
+    launched = {} if int(os.environ.get("WORLD_SIZE", "1")) > 1 else {
         f"{group}.trainer.nproc_per_node": trainer
         for group in ("search", "retrain")
         if (trainer := getattr(parsed.get(group), "trainer", None)) is not None and trainer.nproc_per_node > 1

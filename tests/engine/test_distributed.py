@@ -201,6 +201,10 @@ def validation_on_this_rank(limit: int | None) -> tuple[float, int]:
         torch.manual_seed(0)
         config = TrainConfig(batch_size=4, device="cpu", threads=1, val_max_batches=limit)
         trainer = Trainer(tiny_supernet(), RandomPoses(8), CountedPoses(9, seed=2), config, context=context)
+        if context.rank == 1:  # BatchNorm statistics moved by this rank's own last batches: rank 0's are scored
+            for name, buffer in trainer.model.named_buffers():
+                if name.endswith("running_mean"):
+                    buffer += 1.0
         return trainer.validation_loss(), CountedPoses.read
     finally:
         torch.distributed.destroy_process_group()
@@ -219,6 +223,49 @@ def test_each_rank_scores_its_share_of_the_validation_set(limit):
     ranks = launch(2, validation_on_this_rank, limit, all_ranks=True)
     assert ranks[0][0] == pytest.approx(alone, rel=1e-5) and ranks[1][0] == ranks[0][0]
     assert [ranks[rank][1] for rank in (0, 1)] == ([5, 4] if limit is None else [4, 4])
+
+
+class UnreadableOnRankOne(RandomPoses):
+    def __getitem__(self, i):
+        if torch.distributed.get_rank() == 1:
+            raise OSError(f"sample {i}: cannot be read")
+        return super().__getitem__(i)
+
+
+def validation_error_on_this_rank(_: None) -> str:
+    from pnfs_pipeline.engine.distributed import init_from_env
+    from pnfs_pipeline.engine.trainer import Trainer
+
+    context = init_from_env("cpu", timeout_seconds=60)
+    try:
+        config = TrainConfig(batch_size=4, device="cpu", threads=1)
+        Trainer(tiny_supernet(), RandomPoses(8), UnreadableOnRankOne(9, seed=2), config, context=context).validation_loss()
+        return "finished"
+    except (OSError, RuntimeError) as error:
+        return f"{type(error).__name__}: {error}"
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_a_validation_sample_that_fails_on_one_rank_stops_every_rank():
+    """With shares, only one rank reads the bad sample; the others must not wait for it in the sums' all-reduce."""
+    from pnfs_pipeline.engine.distributed import launch
+
+    messages = launch(2, validation_error_on_this_rank, None, all_ranks=True)
+    assert messages[1] == "OSError: sample 1: cannot be read"
+    assert messages[0] == "RuntimeError: validation failed on another rank (its error is in that rank's log)"
+
+
+def test_a_share_of_a_subset_is_a_subset_of_its_base():
+    """The loader sets the augmentation epoch through one Subset level only."""
+    from torch.utils.data import Subset
+
+    from pnfs_pipeline.engine.trainer import Trainer
+
+    base = RandomPoses(9, seed=2)
+    trainer = Trainer(tiny_supernet(), RandomPoses(8), base, TrainConfig(batch_size=4, device="cpu", threads=1))
+    share = trainer._validation_share(Subset(Subset(base, range(2, 9)), range(1, 6)), 1)
+    assert share.dataset is base and list(share.indices) == [3, 4, 5, 6]
 
 
 def resume_with_this_ranks_path(payload: tuple) -> tuple[list[torch.Tensor], list[int]]:

@@ -146,12 +146,17 @@ def test_the_command_line_shows_a_missing_step_or_a_bad_name_as_one_line(kedro_p
             [str(kedro), "run", argument, *(["--pipelines=search"] if argument.startswith("--params") else [])],
             cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
-    for argument, command in commands.items():
-        stdout, stderr = command.communicate(timeout=300)
-        assert command.returncode == 1, (argument, stderr[-2000:])
-        assert expected[argument] in stderr, stderr[-2000:]
-        assert "Traceback" not in stderr and "╭" not in stderr
-        assert "register_new_resolver" not in stdout + stderr  # dependencies' deprecation, filtered
+    try:
+        for argument, command in commands.items():
+            stdout, stderr = command.communicate(timeout=300)
+            assert command.returncode == 1, (argument, stderr[-2000:])
+            assert expected[argument] in stderr, stderr[-2000:]
+            assert "Traceback" not in stderr and "╭" not in stderr
+            assert "register_new_resolver" not in stdout + stderr  # dependencies' deprecation, filtered
+    finally:
+        for command in commands.values():  # none left loading the machine after a failure
+            command.kill()
+            command.wait()
 
 
 def test_mpii_evaluation_reports_pckh(kedro_project):

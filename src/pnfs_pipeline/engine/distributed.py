@@ -74,8 +74,16 @@ def gpu_of_local_rank(local_rank: int, visible: int) -> int:
     """The GPU a worker trains on: its local rank where the machine shows several, the one it
     sees where each process sees only its own (SLURM, per-task CUDA_VISIBLE_DEVICES). More workers
     than visible GPUs would put two on one GPU, which NCCL refuses at its first collective with
-    no word of the cause."""
+    no word of the cause. One visible GPU with nothing choosing it (no ``CUDA_VISIBLE_DEVICES``)
+    is the machine's only one, shared by every local worker; with it set, the process may have
+    been given its own (SLURM), which this process cannot tell from a shared one."""
     if visible == 1:
+        workers = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        if workers > 1 and "CUDA_VISIBLE_DEVICES" not in os.environ:
+            raise RuntimeError(
+                f"{workers} workers on this machine share its only GPU; start one worker per GPU "
+                "(torchrun --nproc-per-node, trainer.nproc_per_node)"
+            )
         return 0
     if local_rank >= visible:
         raise RuntimeError(

@@ -484,35 +484,57 @@ class Trainer:
         """Mean loss on the validation set (at most ``val_max_batches``), or on every sample of
         ``dataset``."""
         self.model.eval()
+        if self.context.enabled:
+            # Each rank's BatchNorm statistics moved with its own last batches (DDP broadcasts
+            # rank 0's only before the next training forward): score rank 0's model, the one saved.
+            for buffer in self.model.buffers():
+                torch.distributed.broadcast(buffer, src=0)
         limit = max_batches if max_batches is not None or dataset is not None else self.config.val_max_batches
         share = self._validation_share(dataset if dataset is not None else self.val_dataset, limit)
         loader = self._loader(share, self._last_trained_epoch, False, self.config.batch_size)
-        total, count = 0.0, 0
-        for batch in loader:
-            batch = _to_device(batch, self.device, self.config.channels_last)
-            with self._autocast():
-                # The plain module: DistributedDataParallel's forward would sync buffers, a
-                # collective that ranks with shares of different sizes would call unequally often.
-                output = self.model(batch["image"], weights) if weights is not None else self.model(batch["image"])
-            total += self.loss_fn(output.float(), batch).item() * batch["image"].shape[0]
-            count += batch["image"].shape[0]
-        self.model.train()
+        total, count, failure = 0.0, 0, None
+        try:
+            for batch in loader:
+                batch = _to_device(batch, self.device, self.config.channels_last)
+                with self._autocast():
+                    # The plain module: DistributedDataParallel's forward would sync buffers, a
+                    # collective that ranks with shares of different sizes would call unequally often.
+                    output = self.model(batch["image"], weights) if weights is not None else self.model(batch["image"])
+                total += self.loss_fn(output.float(), batch).item() * batch["image"].shape[0]
+                count += batch["image"].shape[0]
+        except Exception as error:
+            if not self.context.enabled:
+                raise
+            failure = error  # raised below on every rank: the others would wait in the all-reduce
+        finally:
+            self.model.train()
         if self.context.enabled:
-            sums = torch.tensor([total, float(count)], dtype=torch.float64, device=self.device)
+            sums = torch.tensor([total, float(count), float(failure is not None)], dtype=torch.float64, device=self.device)
             torch.distributed.all_reduce(sums)
+            if failure is not None:
+                raise failure
+            if sums[2].item() > 0:
+                raise RuntimeError("validation failed on another rank (its error is in that rank's log)")
             total, count = sums[0].item(), int(sums[1].item())
         return total / max(count, 1)
 
     def _validation_share(self, dataset: Dataset, limit: int | None) -> Dataset:
         """This rank's share of the first ``limit`` batches of ``dataset`` (all of it without a
         limit): every rank used to score the whole set, N-1 times more work than one rank's share.
-        Kept across epochs, so its loader (and the loader's workers) is too."""
+        A share of a Subset is a Subset of its base dataset (the loader sets the augmentation
+        epoch through one level only). Kept across epochs, so its loader (and workers) is too."""
         key = (id(dataset), limit)
         cached = self._validation_shares.get(key)
         if cached is None or cached[0] is not dataset:
             end = len(dataset) if limit is None else min(len(dataset), limit * self.config.batch_size)
             rank, ranks = self.context.rank, self.context.world_size
-            share = dataset if end == len(dataset) and ranks == 1 else Subset(dataset, range(rank, end, ranks))
+            if end == len(dataset) and ranks == 1:
+                share = dataset
+            else:
+                base, indices = dataset, list(range(rank, end, ranks))
+                while isinstance(base, Subset):
+                    base, indices = base.dataset, [base.indices[i] for i in indices]
+                share = Subset(base, indices)
             cached = self._validation_shares[key] = (dataset, share)
         return cached[1]
 
