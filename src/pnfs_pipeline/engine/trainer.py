@@ -389,10 +389,11 @@ class Trainer:
             where = "no checkpoint of this run yet"
         return NonFiniteLossError(f"{what}; {where}")
 
-    def _stop_unless_finite(self, value: torch.Tensor | float, what: str, epoch: int, step: int) -> None:
+    def _stop_unless_finite(self, value: torch.Tensor | float, what: str, epoch: int, step: int) -> float:
         """Raise when a step's loss is not finite on this rank or any other: the ranks stop
         together, where one raising alone would leave the others waiting in the step's gradient
-        all-reduce (under torchrun across machines, until the collectives' timeout)."""
+        all-reduce (under torchrun across machines, until the collectives' timeout). Returns this
+        rank's value as a float (read once: on a GPU each read waits for the step so far)."""
         own = float(value)
         broken = not math.isfinite(own)
         if self.context.enabled:
@@ -402,6 +403,7 @@ class Trainer:
                 raise self._diverged(f"non-finite {what} on another rank (this rank's: {own}) at epoch {epoch + 1}, step {step + 1}")
         if broken:
             raise self._diverged(f"non-finite {what} ({own}) at epoch {epoch + 1}, step {step + 1}")
+        return own
 
     def _check_finite_after(self, epoch: int, val_loss: float) -> None:
         """An infinite gradient in an epoch's last step leaves NaN weights behind a finite loss:
@@ -443,12 +445,12 @@ class Trainer:
                     arch_steps += 1
             self.optimizer.zero_grad(set_to_none=True)
             loss = self._forward_loss(batch, training=True)
-            self._stop_unless_finite(loss, "loss", epoch, step)
+            loss_value = self._stop_unless_finite(loss, "loss", epoch, step)
             loss.backward()
             if self.strategy is not None:
                 self.strategy.hold_architecture_in_warmup()
             self.optimizer.step()
-            total_loss += loss.item()
+            total_loss += loss_value
             images += batch["image"].shape[0]
             speed = images / max(time.perf_counter() - start, 1e-9)
             progress.update(task, advance=1, loss=total_loss / (step + 1), speed=speed)
